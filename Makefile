@@ -1,0 +1,41 @@
+# make demo   - build the sandbox (PostgreSQL, 3 gunicorn hosts, nginx) and deploy release 1 then 2 under load
+# make test   - lint, sanity, unit, integration and end-to-end tests (starts every server it needs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
+export PATH := $(BIN):$(PATH)
+
+.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean
+
+deps: $(VENV)/.installed .build/collections/ansible_collections/safedeploy/django
+	@bash devtools/system-deps.sh
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+.build/collections/ansible_collections/safedeploy/django:
+	mkdir -p $(@D)
+	ln -sfn $(CURDIR) $@
+
+demo: deps
+	$(BIN)/python -m devtools.demo
+
+demo-clean:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m devtools.sandbox down --purge; else rm -rf .sandbox; fi
+
+test: deps
+	bash devtools/run-tests.sh all
+
+lint sanity unit integration e2e: deps
+	bash devtools/run-tests.sh $@
+
+build: deps
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .
+
+clean: demo-clean
+	rm -rf .build $(VENV)

@@ -1,0 +1,289 @@
+"""A throwaway PostgreSQL cluster for the tests, the sandbox and the benchmarks.
+
+Starts the machine's own server binaries (initdb + pg_ctl) in a directory we
+own, on a free loopback port, with password (scram) auth over TCP so that the
+modules' secret handling is exercised for real. Runs the server as an
+unprivileged user when we are root, because PostgreSQL refuses to run as root.
+
+Usage from Python::
+
+    cluster = Cluster(Path("/tmp/pg")).ensure_started()
+    cluster.create_role("app", "s3cret", createdb=True)
+    cluster.create_database("shop", owner="app")
+
+Usage from a shell (the Makefile)::
+
+    python -m devtools.pgcluster start --dir .sandbox/pg --port 54329
+    python -m devtools.pgcluster stop --dir .sandbox/pg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUPERUSER = "postgres"
+
+
+def find_bindir() -> Path:
+    """Return the directory with initdb/pg_ctl, newest major first."""
+    override = os.environ.get("SAFEDEPLOY_PG_BINDIR")
+    if override:
+        return Path(override)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for candidate in candidates:
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise SystemExit(
+        "No PostgreSQL server binaries found: install the Debian package "
+        "postgresql-15 (apt-get install postgresql-15) or set SAFEDEPLOY_PG_BINDIR."
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _service_user() -> str | None:
+    """The user that runs the server: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise SystemExit("running as root and neither a 'postgres' nor a 'nobody' user exists")
+
+
+class Cluster:
+    def __init__(self, base: Path, port: int | None = None, bindir: Path | None = None):
+        self.base = Path(base).resolve()
+        self.datadir = self.base / "data"
+        self.logfile = self.base / "server.log"
+        self.statefile = self.base / "cluster.json"
+        self.bindir = Path(bindir) if bindir else find_bindir()
+        self.user = _service_user()
+        state = self._read_state()
+        self.port = port or state.get("port") or free_port()
+        # unix socket paths are limited to ~107 bytes: keep the socket dir short
+        self.sockdir = Path(state.get("sockdir") or f"/tmp/sdpg-{self.port}")
+        self.superuser_password = state.get("superuser_password") or os.urandom(12).hex()
+
+    # -- state ---------------------------------------------------------
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.statefile.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self) -> None:
+        self.statefile.write_text(
+            json.dumps(
+                {
+                    "port": self.port,
+                    "sockdir": str(self.sockdir),
+                    "superuser_password": self.superuser_password,
+                    "bindir": str(self.bindir),
+                }
+            )
+        )
+        os.chmod(self.statefile, 0o600)
+
+    # -- process helpers ----------------------------------------------
+    def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        if self.user:
+            argv = ["runuser", "-u", self.user, "--"] + argv
+        kwargs.setdefault("check", True)
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        try:
+            return subprocess.run(argv, **kwargs)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(
+                f"{' '.join(argv)} failed (rc={exc.returncode}): {exc.stderr or exc.stdout}"
+            ) from exc
+
+    def _chown(self, path: Path) -> None:
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def bin(self, name: str) -> str:
+        return str(self.bindir / name)
+
+    # -- lifecycle -----------------------------------------------------
+    def initialized(self) -> bool:
+        return (self.datadir / "PG_VERSION").exists()
+
+    def running(self) -> bool:
+        if not self.initialized():
+            return False
+        result = self._run([self.bin("pg_ctl"), "status", "-D", str(self.datadir)], check=False)
+        return result.returncode == 0
+
+    def init(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._chown(self.base)
+        # root-owned parents must be traversable by the service user
+        for parent in self.base.parents:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.superuser_password + "\n")
+        os.chmod(pwfile, 0o600)
+        self._chown(pwfile)
+        try:
+            self._run(
+                [
+                    self.bin("initdb"),
+                    "-D", str(self.datadir),
+                    "-U", SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E", "UTF8",
+                    "--no-sync",
+                ]
+            )
+        finally:
+            pwfile.unlink()
+        self._write_state()
+
+    def start(self) -> None:
+        self.sockdir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.sockdir)
+        self.logfile.touch()
+        self._chown(self.logfile)
+        options = (
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            [
+                self.bin("pg_ctl"), "start", "-w", "-t", "60",
+                "-D", str(self.datadir), "-l", str(self.logfile), "-o", options,
+            ]
+        )
+        self._write_state()
+
+    def ensure_started(self) -> "Cluster":
+        if not self.initialized():
+            self.init()
+        if not self.running():
+            self.start()
+        return self
+
+    def stop(self) -> None:
+        if self.running():
+            self._run([self.bin("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.datadir)])
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    # -- SQL -------------------------------------------------------------
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser over the unix socket; return unaligned output."""
+        result = self._run(
+            [
+                self.bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                "-h", str(self.sockdir), "-p", str(self.port), "-U", SUPERUSER,
+                "-d", database, "-c", sql,
+            ]
+        )
+        return result.stdout.strip()
+
+    def create_role(self, name: str, password: str, *, superuser: bool = False,
+                    createdb: bool = False) -> None:
+        _check_identifier(name)
+        flags = " SUPERUSER" if superuser else ""
+        flags += " CREATEDB" if createdb else ""
+        exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'")
+        verb = "ALTER" if exists else "CREATE"
+        escaped = password.replace("'", "''")
+        self.psql(f"{verb} ROLE {name} LOGIN{flags} PASSWORD '{escaped}'")
+
+    def create_database(self, name: str, owner: str | None = None) -> None:
+        _check_identifier(name)
+        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+            return
+        owner_sql = f" OWNER {owner}" if owner else ""
+        self.psql(f"CREATE DATABASE {name}{owner_sql}")
+
+    def drop_database(self, name: str) -> None:
+        _check_identifier(name)
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def env(self, user: str, password: str, database: str) -> dict[str, str]:
+        """libpq environment for a TCP connection (what the apps and modules get)."""
+        return {
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": user,
+            "PGPASSWORD": password,
+            "PGDATABASE": database,
+        }
+
+
+def _check_identifier(name: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+
+
+def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "destroy", "status"])
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    cluster = Cluster(args.dir, port=args.port)
+    if args.action == "start":
+        cluster.ensure_started()
+        print(f"PostgreSQL ({cluster.bindir}) listening on 127.0.0.1:{cluster.port}")
+    elif args.action == "stop":
+        cluster.stop()
+    elif args.action == "destroy":
+        cluster.destroy()
+    else:
+        print("running" if cluster.running() else "stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
