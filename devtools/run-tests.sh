@@ -26,15 +26,33 @@ lint() {
 }
 
 sanity() {
+  # ansible-test bootstraps pip in its venvs with a script from a host this machine cannot
+  # reach; give it a local stand-in under the name it looks for.
+  local pip_version
+  pip_version=$("$BIN/python" -c 'import pathlib, re, sysconfig; d = pathlib.Path(sysconfig.get_paths()["purelib"], "ansible_test"); print(re.search(r"pip=.([0-9.]+).", (d / "_internal/python_requirements.py").read_text()).group(1))')
+  local cached=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
+  if [ ! -s "$cached" ]; then
+    mkdir -p "$(dirname "$cached")" && cp devtools/get_pip_offline.py "$cached"
+  fi
   # ansible-test wants the collection at .../ansible_collections/<ns>/<name>: test a copy
   # of the files git knows (tracked and new, not ignored).
-  local dest=$REPO/.build/sanity/ansible_collections/safedeploy/django
-  rm -rf "$REPO/.build/sanity" && mkdir -p "$dest"
+  # The copy lives outside this repository: inside it, git would report the copy as ignored.
+  local top
+  top=$(mktemp -d "${TMPDIR:-/tmp}/safedeploy-sanity.XXXXXX")
+  local dest=$top/ansible_collections/safedeploy/django
+  mkdir -p "$dest"
   git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
     [ -e "$f" ] && printf '%s\0' "$f"
   done | tar --null -T - -cf - | tar -xf - -C "$dest"
-  (cd "$dest" && "$BIN/ansible-test" sanity --python 3.11 --requirements --color no \
-      --exclude devtools/ --exclude benchmarks/ --exclude tests/integration/projects/)
+  # Development tooling and sample Django projects are not part of the built collection.
+  local excludes=()
+  for path in benchmarks/; do
+    [ -e "$dest/$path" ] && excludes+=(--exclude "$path")
+  done
+  (cd "$dest" && "$BIN/ansible-test" sanity --python 3.11 --requirements --color no "${excludes[@]}")
+  local rc=$?
+  rm -rf "$top"
+  return $rc
 }
 
 unit() { pytest_stage tests/unit -q; }
