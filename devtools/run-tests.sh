@@ -46,7 +46,7 @@ sanity() {
   done | tar --null -T - -cf - | tar -xf - -C "$dest"
   # Development tooling and sample Django projects are not part of the built collection.
   local excludes=()
-  for path in benchmarks/; do
+  for path in devtools/ benchmarks/ tests/integration/projects/; do
     [ -e "$dest/$path" ] && excludes+=(--exclude "$path")
   done
   (cd "$dest" && "$BIN/ansible-test" sanity --python 3.11 --requirements --color no "${excludes[@]}")
