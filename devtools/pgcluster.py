@@ -190,7 +190,7 @@ class Cluster:
         )
         self._write_state()
 
-    def ensure_started(self) -> "Cluster":
+    def ensure_started(self) -> Cluster:
         if not self.initialized():
             self.init()
         if not self.running():
@@ -213,8 +213,9 @@ class Cluster:
             [
                 self.bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                 "-h", str(self.sockdir), "-p", str(self.port), "-U", SUPERUSER,
-                "-d", database, "-c", sql,
-            ]
+                "-d", database, "-f", "-",
+            ],
+            input=sql,  # on stdin, not argv: the SQL may carry a password
         )
         return result.stdout.strip()
 
