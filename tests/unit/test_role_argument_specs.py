@@ -18,7 +18,7 @@ def test_every_entry_point_has_a_task_file():
 
 
 def test_every_public_task_file_is_an_entry_point():
-    assert TASK_FILES <= set(SPECS), f"task files not documented as entry points: {TASK_FILES - set(SPECS)}"
+    assert set(SPECS) >= TASK_FILES, f"task files not documented as entry points: {TASK_FILES - set(SPECS)}"
 
 
 @pytest.mark.parametrize("entry_point", sorted(SPECS))

@@ -1,0 +1,854 @@
+# Copyright: safedeploy.django contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Helper that runs inside the *application's* interpreter, next to its Django.
+
+The Ansible modules never import the application's Django. They ship the source
+of this file to the target, run it with the app's Python (cwd = project
+directory), send one JSON request on stdin and read one JSON reply on stdout.
+
+Rules for this file:
+- stdlib only at import time (Django is imported inside functions), so the
+  Ansible side can import it too (for ``lock_key``) and AnsiballZ packs it;
+- Django's own prints must not corrupt the reply: fd 1 is pointed at stderr
+  while we work, the reply goes to a saved copy of the real stdout;
+- never put a password in the reply: every message is scrubbed of the
+  database passwords the helper knows about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+
+PROTOCOL = 1
+
+# Statements whose target table we want to size (best effort, SQL is Django's).
+_TABLE_PATTERNS = [
+    re.compile(r'\bALTER\s+TABLE\s+(?:ONLY\s+)?(?:IF\s+EXISTS\s+)?"?([\w.]+)"?', re.I),
+    re.compile(
+        r'\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"?\w*"?\s+'
+        r'ON\s+(?:ONLY\s+)?"?([\w.]+)"?',
+        re.I,
+    ),
+    re.compile(r'\bUPDATE\s+(?:ONLY\s+)?"?([\w.]+)"?\s+SET\b', re.I),
+    re.compile(r'\bDELETE\s+FROM\s+(?:ONLY\s+)?"?([\w.]+)"?', re.I),
+    re.compile(r'\bINSERT\s+INTO\s+"?([\w.]+)"?', re.I),
+    re.compile(r'\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?"?([\w.]+)"?', re.I),
+    re.compile(r'\bTRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?"?([\w.]+)"?', re.I),
+]
+_CREATE_TABLE = re.compile(r'\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([\w.]+)"?', re.I)
+
+
+class HelperError(Exception):
+    """An error with a kind the Ansible side maps to a message."""
+
+    def __init__(self, kind: str, message: str, **details):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.details = details
+
+
+def lock_key(database: str, lock_name: str) -> int:
+    """Advisory lock key: signed 64-bit int from sha256(database name + lock name)."""
+    digest = hashlib.sha256((str(database) + str(lock_name)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# ---------------------------------------------------------------------------
+# Django setup and connection
+
+
+def _setup_django(request: dict):
+    project = os.getcwd()
+    if project not in sys.path:
+        sys.path.insert(0, project)
+    settings_module = request.get("settings")
+    if settings_module:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not settings_module:
+        raise HelperError("settings_missing", "no Django settings module given and DJANGO_SETTINGS_MODULE is not set")
+    try:
+        import django
+    except ImportError as exc:
+        raise HelperError(
+            "django_missing",
+            f"Django is not importable in {sys.executable}: {exc}",
+            interpreter=sys.executable,
+        ) from exc
+    import importlib
+
+    try:
+        importlib.import_module(settings_module)
+    except Exception as exc:  # noqa: BLE001 - anything the settings raise is the user's to fix
+        raise HelperError(
+            "settings_import",
+            f"cannot import settings module '{settings_module}' from {project}: "
+            f"{type(exc).__name__}: {exc}",
+            settings=settings_module,
+        ) from exc
+    try:
+        django.setup()
+    except Exception as exc:  # noqa: BLE001
+        raise HelperError(
+            "django_setup",
+            f"django.setup() failed with settings '{settings_module}': {type(exc).__name__}: {exc}",
+            settings=settings_module,
+        ) from exc
+    return django
+
+
+def _known_secrets() -> list[str]:
+    secrets = []
+    value = os.environ.get("PGPASSWORD")
+    if value:
+        secrets.append(value)
+    try:
+        from django.conf import settings
+
+        for db in getattr(settings, "DATABASES", {}).values():
+            password = db.get("PASSWORD")
+            if password:
+                secrets.append(str(password))
+    except Exception:  # noqa: BLE001 - settings may not be configured yet
+        pass
+    return [s for s in secrets if len(s) >= 1]
+
+
+def _connection_params(connection) -> dict:
+    sd = connection.settings_dict
+    opts = sd.get("OPTIONS") or {}
+    return {
+        "alias": connection.alias,
+        "host": sd.get("HOST") or opts.get("host") or os.environ.get("PGHOST") or "(libpq default)",
+        "port": str(sd.get("PORT") or opts.get("port") or os.environ.get("PGPORT") or "5432"),
+        "database": sd.get("NAME") or os.environ.get("PGDATABASE") or "(libpq default)",
+        "user": sd.get("USER") or opts.get("user") or os.environ.get("PGUSER") or "(libpq default)",
+    }
+
+
+def _classify_db_error(exc: Exception, connection) -> HelperError:
+    text = str(exc).strip()
+    params = _connection_params(connection)
+    where = (
+        f"PostgreSQL at {params['host']}:{params['port']} "
+        f"(database '{params['database']}', user '{params['user']}')"
+    )
+    low = text.lower()
+    if "password authentication failed" in low or "no password supplied" in low or "authentication failed" in low:
+        return HelperError(
+            "db_auth",
+            f"{where} rejected the login: authentication failed for user '{params['user']}'. "
+            "Check the password the app's settings use (e.g. PGPASSWORD in app_environment or the task environment).",
+            connection=params,
+        )
+    if "does not exist" in low and "database" in low:
+        return HelperError(
+            "db_missing",
+            f"{where}: the database '{params['database']}' does not exist. Create it or fix NAME / PGDATABASE.",
+            connection=params,
+        )
+    if "permission denied" in low:
+        return HelperError("db_permission", f"{where}: permission denied: {text}", connection=params)
+    return HelperError(
+        "db_unreachable",
+        f"cannot reach {where} for Django database alias '{connection.alias}': {_first_line(text)}. "
+        "Check that the server runs and that HOST/PORT in the settings (or PGHOST/PGPORT) are right.",
+        connection=params,
+    )
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return text
+
+
+def _connect(alias: str):
+    from django.db import DatabaseError, connections
+
+    if alias not in connections.settings:
+        raise HelperError(
+            "database_alias",
+            f"database alias '{alias}' is not in settings.DATABASES (known: {', '.join(sorted(connections.settings))})",
+        )
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        raise HelperError(
+            "not_postgresql",
+            f"database alias '{alias}' uses the '{connection.vendor}' backend; safedeploy.django needs PostgreSQL",
+        )
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        raise _classify_db_error(exc, connection) from exc
+    return connection
+
+
+def _fingerprint(connection) -> dict:
+    info = connection.connection.info
+    fp = {
+        "alias": connection.alias,
+        "host": info.host,
+        "port": int(info.port) if info.port else None,
+        "database": info.dbname,
+        "user": info.user,
+        "server_version": None,
+        "system_identifier": None,
+        "in_recovery": None,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('server_version'), pg_is_in_recovery()")
+        fp["server_version"], fp["in_recovery"] = cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT system_identifier::text FROM pg_control_system()")
+            fp["system_identifier"] = cursor.fetchone()[0]
+    except Exception as exc:  # noqa: BLE001 - not granted to every role
+        fp["system_identifier_error"] = _first_line(str(exc))
+    return fp
+
+
+# ---------------------------------------------------------------------------
+# Plan: one forward pass, SQL per operation
+
+
+def _model_table(state, app_label: str, model_lower: str):
+    try:
+        return state.apps.get_model(app_label, model_lower)._meta.db_table
+    except Exception:  # noqa: BLE001 - model absent from this state
+        return None
+
+
+def _get_field(state, app_label, model_lower, name):
+    try:
+        return state.apps.get_model(app_label, model_lower)._meta.get_field(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _field_facts(field, connection) -> dict | None:
+    if field is None:
+        return None
+    from django.db.models import NOT_PROVIDED
+    from django.db.models.expressions import Value
+
+    facts = {
+        "name": field.name,
+        "column": getattr(field, "column", None),
+        "null": bool(field.null),
+        "has_default": bool(field.has_default()),
+        "db_default": field.db_default is not NOT_PROVIDED,
+        "db_default_kind": None,
+        "db_index": bool(field.db_index),
+        "unique": bool(field.unique),
+        "primary_key": bool(field.primary_key),
+        "is_relation": bool(field.is_relation),
+        "internal_type": field.get_internal_type(),
+        "db_type": None,
+        "db_constraint": bool(getattr(field, "db_constraint", False)),
+    }
+    if facts["db_default"]:
+        default = field.db_default
+        if isinstance(default, Value) or not hasattr(default, "resolve_expression"):
+            facts["db_default_kind"] = "constant"
+        elif type(default).__name__ in ("Now", "CurrentTimestamp"):
+            facts["db_default_kind"] = "now"
+        else:
+            facts["db_default_kind"] = "expression"
+    with contextlib.suppress(Exception):
+        facts["db_type"] = field.db_type(connection)
+    return facts
+
+
+def _sql_text(sql) -> list[str]:
+    """RunSQL accepts a string, a list of strings or (sql, params) pairs."""
+    if sql is None:
+        return []
+    if isinstance(sql, str):
+        return [sql]
+    out = []
+    for item in sql:
+        if isinstance(item, (list, tuple)):
+            out.append(str(item[0]))
+        else:
+            out.append(str(item))
+    return out
+
+
+def _operation_facts(op, app_label, old_state, new_state, connection) -> dict:
+    from django.db import migrations
+
+    facts: dict = {
+        "type": type(op).__name__,
+        "description": op.describe(),
+        "model": None,
+        "table": None,
+        "reversible": bool(op.reversible),
+        "reduces_to_sql": bool(op.reduces_to_sql),
+        "elidable": bool(getattr(op, "elidable", False)),
+    }
+    model_lower = getattr(op, "model_name_lower", None)
+    if model_lower is None and isinstance(op, migrations.operations.models.ModelOperation):
+        model_lower = op.name_lower
+    if isinstance(op, migrations.RenameModel):
+        model_lower = op.old_name_lower
+        facts["old_name"], facts["new_name"] = op.old_name, op.new_name
+        facts["new_table"] = _model_table(new_state, app_label, op.new_name_lower)
+    if model_lower:
+        facts["model"] = f"{app_label}.{model_lower}"
+        facts["table"] = _model_table(old_state, app_label, model_lower) or _model_table(
+            new_state, app_label, model_lower
+        )
+    if isinstance(op, (migrations.AddField, migrations.AlterField)):
+        facts["field"] = _field_facts(_get_field(new_state, app_label, op.model_name_lower, op.name), connection)
+    if isinstance(op, migrations.AlterField):
+        facts["field_before"] = _field_facts(_get_field(old_state, app_label, op.model_name_lower, op.name), connection)
+    if isinstance(op, migrations.AddField):
+        facts["preserve_default"] = bool(op.preserve_default)
+    if isinstance(op, migrations.RemoveField):
+        facts["field_before"] = _field_facts(_get_field(old_state, app_label, op.model_name_lower, op.name), connection)
+    if isinstance(op, migrations.RenameField):
+        facts["old_name"], facts["new_name"] = op.old_name, op.new_name
+    if isinstance(op, (migrations.AddIndex, migrations.RemoveIndex)) or type(op).__name__ in (
+        "AddIndexConcurrently",
+        "RemoveIndexConcurrently",
+    ):
+        index = getattr(op, "index", None)
+        facts["index"] = {
+            "name": getattr(index, "name", None) or getattr(op, "name", None),
+            "fields": list(getattr(index, "fields", []) or []),
+            "concurrently": "Concurrently" in type(op).__name__,
+            "unique": False,
+        }
+    if isinstance(op, (migrations.AddConstraint, migrations.RemoveConstraint)):
+        constraint = getattr(op, "constraint", None)
+        facts["constraint"] = {
+            "name": getattr(constraint, "name", None) or getattr(op, "name", None),
+            "kind": type(constraint).__name__ if constraint is not None else None,
+        }
+    if isinstance(op, migrations.RunSQL):
+        facts["run_sql"] = {
+            "sql": _sql_text(op.sql),
+            "reverse_sql_given": op.reverse_sql is not None,
+        }
+    if isinstance(op, migrations.RunPython):
+        code = op.code
+        facts["run_python"] = {
+            "code": f"{getattr(code, '__module__', '?')}.{getattr(code, '__qualname__', repr(code))}",
+            "reverse_code_given": op.reverse_code is not None,
+        }
+    if isinstance(op, migrations.SeparateDatabaseAndState):
+        facts["database_operations"] = [type(sub).__name__ for sub in op.database_operations]
+        facts["state_operations"] = [type(sub).__name__ for sub in op.state_operations]
+    if "atomic" in getattr(op, "__dict__", {}):
+        facts["atomic"] = op.atomic
+    return facts
+
+
+def _tables_in_sql(statements: list[str]) -> set[str]:
+    found = set()
+    for statement in statements:
+        for pattern in _TABLE_PATTERNS:
+            for match in pattern.finditer(statement):
+                found.add(match.group(1).split(".")[-1])
+    return found
+
+
+def _walk_plan(executor, plan, connection) -> list[dict]:
+    """Collect facts and SQL for every operation of ``plan`` in one forward pass.
+
+    Mirrors Migration.apply(collect_sql=True) one operation at a time so that an
+    operation whose SQL cannot be rendered (it introspects the live schema) is
+    recorded with ``sql_error`` instead of stopping the walk; state_forwards has
+    already run for it, so the following operations see the right state.
+    The ProjectState is carried forward; it is never rebuilt per migration.
+    """
+    # What migrate itself starts from: unmigrated apps + applied migrations.
+    state = executor._create_project_state(with_applied_migrations=True)
+    created_tables: set[str] = set()
+    result = []
+    for migration, backwards in plan:
+        if backwards:  # the full-forward plan never goes backwards; be explicit anyway
+            raise HelperError("plan_backwards", f"plan unexpectedly unapplies {migration.app_label}.{migration.name}")
+        app_label = migration.app_label
+        operations = []
+        # atomic=False: we only collect SQL, and a failed introspection query must
+        # not poison a transaction shared by the following operations.
+        editor = connection.schema_editor(collect_sql=True, atomic=False)
+        editor.__enter__()
+        deferred_owner: dict[int, int] = {}
+        try:
+            for index, op in enumerate(migration.operations):
+                before = len(editor.collected_sql)
+                deferred_before = {id(s) for s in editor.deferred_sql}
+                old_state = state.clone()
+                op.state_forwards(app_label, state)
+                sql_error = None
+                if op.reduces_to_sql:
+                    try:
+                        op.database_forwards(app_label, editor, old_state, state)
+                    except Exception as exc:  # noqa: BLE001 - recorded, walk continues
+                        sql_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+                facts = _operation_facts(op, app_label, old_state, state, connection)
+                facts["index"] = index
+                facts["sql"] = list(editor.collected_sql[before:])
+                facts["sql_error"] = sql_error
+                for statement in editor.deferred_sql:
+                    if id(statement) not in deferred_before:
+                        deferred_owner[id(statement)] = index
+                operations.append(facts)
+        finally:
+            # Flush deferred SQL (FKs, indexes of new tables) like a real migration does.
+            deferred = list(editor.deferred_sql)
+            try:
+                editor.__exit__(None, None, None)
+            except Exception as exc:  # noqa: BLE001
+                if operations:
+                    last = operations[-1]
+                    error = f"deferred SQL: {type(exc).__name__}: {_first_line(str(exc))}"
+                    last["sql_error"] = last["sql_error"] or error
+        for statement in deferred:
+            owner = deferred_owner.get(id(statement))
+            if owner is not None:
+                operations[owner]["sql"].append(str(statement) + ("" if str(statement).rstrip().endswith(";") else ";"))
+        # Which tables each operation touches, and which of them this plan creates
+        # (a table the running code has never seen cannot break it).
+        for facts in operations:
+            statements = list(facts["sql"]) + list(facts.get("run_sql", {}).get("sql", []))
+            tables = _tables_in_sql(statements)
+            if facts.get("table"):
+                tables.add(facts["table"])
+            created_here = {m.group(1).split(".")[-1] for s in statements for m in _CREATE_TABLE.finditer(s)}
+            if facts["type"] == "CreateModel" and facts.get("table"):
+                created_here.add(facts["table"])
+            tables |= created_here
+            new_tables = (created_tables | created_here) & tables
+            facts["tables"] = sorted(tables)
+            facts["new_tables"] = sorted(new_tables)
+            facts["created_in_plan"] = bool(facts.get("table")) and facts["table"] in new_tables
+            created_tables |= created_here
+            if facts["type"] == "RenameModel" and facts.get("new_table") and facts.get("table") in created_tables:
+                created_tables.add(facts["new_table"])
+        result.append(
+            {
+                "id": f"{app_label}.{migration.name}",
+                "app_label": app_label,
+                "name": migration.name,
+                "atomic": bool(migration.atomic),
+                "initial": bool(getattr(migration, "initial", False)),
+                "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
+                "operations": operations,
+            }
+        )
+    return result
+
+
+def _table_sizes(connection, tables: set[str]) -> dict:
+    if not tables:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s) AND n.nspname = ANY(current_schemas(false))",
+            [sorted(tables)],
+        )
+        return {name: {"rows": int(rows), "bytes": int(size)} for name, rows, size in cursor.fetchall()}
+
+
+def _missing_migrations() -> dict:
+    """What ``makemigrations --check`` would create, as {app_label: [names]}."""
+    from django.apps import apps
+    from django.db.migrations.autodetector import MigrationAutodetector
+    from django.db.migrations.loader import MigrationLoader
+    from django.db.migrations.questioner import MigrationQuestioner
+    from django.db.migrations.state import ProjectState
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    # The base questioner never prompts nor exits (the non-interactive one
+    # exits on a NOT NULL field without default); dry_run writes nothing.
+    autodetector = MigrationAutodetector(
+        loader.project_state(),
+        ProjectState.from_apps(apps),
+        MigrationQuestioner(specified_apps=set(), dry_run=True),
+    )
+    changes = autodetector.changes(graph=loader.graph)
+    return {
+        app: [
+            {"name": m.name, "operations": [op.describe() for op in m.operations]}
+            for m in migrations
+        ]
+        for app, migrations in sorted(changes.items())
+    }
+
+
+def _executor(connection, progress_callback=None):
+    from django.db.migrations.exceptions import BadMigrationError, InconsistentMigrationHistory, NodeNotFoundError
+    from django.db.migrations.executor import MigrationExecutor
+
+    try:
+        executor = MigrationExecutor(connection, progress_callback)
+        executor.loader.check_consistent_history(connection)
+    except InconsistentMigrationHistory as exc:
+        raise HelperError("inconsistent_history", f"inconsistent migration history: {exc}") from exc
+    except (NodeNotFoundError, BadMigrationError, ImportError, SyntaxError) as exc:
+        raise HelperError("migration_graph", f"cannot load the migration graph: {type(exc).__name__}: {exc}") from exc
+    conflicts = executor.loader.detect_conflicts()
+    if conflicts:
+        names = "; ".join(f"{', '.join(v)} in {k}" for k, v in sorted(conflicts.items()))
+        raise HelperError(
+            "migration_conflict",
+            f"conflicting migrations (several leaf nodes): {names}. Run 'manage.py makemigrations --merge'.",
+        )
+    return executor
+
+
+def _pending_plan(executor):
+    return executor.migration_plan(executor.loader.graph.leaf_nodes())
+
+
+def action_plan(request: dict) -> dict:
+    from django.db import DatabaseError
+
+    connection = _connect(request.get("database") or "default")
+    try:
+        target = _fingerprint(connection)
+        executor = _executor(connection)
+        plan = _pending_plan(executor)
+        started = time.monotonic()
+        migrations = _walk_plan(executor, plan, connection)
+        walk_seconds = time.monotonic() - started
+        tables = set()
+        for migration in migrations:
+            for op in migration["operations"]:
+                tables.update(op["tables"])
+        sizes = _table_sizes(connection, tables)
+    except DatabaseError as exc:
+        raise HelperError("db_error", f"database error while planning: {_first_line(str(exc))}") from exc
+    missing = _missing_migrations() if request.get("check_missing", True) else {}
+    return {
+        "ok": True,
+        "target": target,
+        "plan": migrations,
+        "missing_migrations": missing,
+        "tables": sizes,
+        "timings": {"walk_seconds": round(walk_seconds, 3)},
+    }
+
+
+# ---------------------------------------------------------------------------
+# Migrate once, under an advisory lock held by a separate session
+
+
+def _lock_holders(lock_conn, key: int) -> list[dict]:
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    with lock_conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start::text, a.usename, a.state "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.classid::bigint = %s AND l.objid::bigint = %s "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [unsigned >> 32, unsigned & 0xFFFFFFFF],
+        )
+        return [
+            {
+                "pid": pid,
+                "application_name": app,
+                "client_addr": addr,
+                "backend_start": start,
+                "user": user,
+                "state": state,
+            }
+            for pid, app, addr, start, user, state in cursor.fetchall()
+        ]
+
+
+def _try_lock(lock_conn, key: int) -> bool:
+    with lock_conn.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        return bool(cursor.fetchone()[0])
+
+
+def _unlock(lock_conn, key: int) -> None:
+    with lock_conn.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def _describe_holders(holders: list[dict]) -> str:
+    if not holders:
+        return "the holder ended before it could be named"
+    return "; ".join(
+        f"pid {h['pid']} application_name '{h['application_name']}' from {h['client_addr'] or 'local socket'} "
+        f"(user {h['user']}, session started {h['backend_start']})"
+        for h in holders
+    )
+
+
+def _check_expected(target: dict, expected: dict, allow_replica: bool) -> None:
+    mismatches = []
+    for key in ("host", "port", "database", "user", "system_identifier"):
+        want = (expected or {}).get(key)
+        if want is None or want == "":
+            continue
+        have = target.get(key)
+        if str(want) != str(have):
+            mismatches.append(f"{key}: expected '{want}', connected to '{have}'")
+    if mismatches:
+        raise HelperError(
+            "target_mismatch",
+            "refusing to migrate: the database is not the expected one (" + "; ".join(mismatches) + ")",
+            target=target,
+        )
+    if target.get("in_recovery") and not allow_replica:
+        raise HelperError(
+            "replica",
+            f"refusing to migrate: {target.get('host')}:{target.get('port')}/{target.get('database')} is a "
+            "replica in recovery (pg_is_in_recovery() is true). Point the app at the primary.",
+            target=target,
+        )
+
+
+def _set_timeouts(connection, request: dict) -> None:
+    from django.db import DatabaseError
+
+    for name in ("lock_timeout", "statement_timeout"):
+        value = request.get(name)
+        if value is None:
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config(%s, %s, false)", [name, str(value)])
+        except DatabaseError as exc:
+            raise HelperError("bad_setting", f"PostgreSQL rejected {name}='{value}': {_first_line(str(exc))}") from exc
+
+
+def _migrate_command_class():
+    from django.core.management.commands import migrate
+
+    class RecordingMigrate(migrate.Command):
+        """Django's own migrate, which also records when each migration starts and ends."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.applied: list[dict] = []
+            self.current: str | None = None
+            self.current_atomic: bool | None = None
+            self._started = 0.0
+
+        def migration_progress_callback(self, action, migration=None, fake=False):
+            if action == "apply_start":
+                self.current = f"{migration.app_label}.{migration.name}"
+                self.current_atomic = bool(migration.atomic)
+                self._started = time.monotonic()
+            elif action == "apply_success":
+                self.applied.append(
+                    {"id": self.current, "seconds": round(time.monotonic() - self._started, 3), "fake": bool(fake)}
+                )
+                self.current = None
+            return super().migration_progress_callback(action, migration, fake)
+
+    return RecordingMigrate
+
+
+def action_migrate(request: dict) -> dict:
+    import io
+
+    from django.core.management import call_command
+    from django.db import DatabaseError
+
+    alias = request.get("database") or "default"
+    connection = _connect(alias)
+    lock_name = request.get("lock_name") or "safedeploy.migrate"
+    key = lock_key(connection.settings_dict.get("NAME") or connection.connection.info.dbname, lock_name)
+    lock_info = {"key": key, "name": lock_name, "waited": 0.0, "acquired": False}
+    check_mode = bool(request.get("check_mode"))
+
+    lock_conn = connection.copy()
+    try:
+        lock_conn.ensure_connection()
+        with lock_conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('application_name', %s, false)",
+                [f"safedeploy.migrate {socket.gethostname()} pid {os.getpid()}"[:63]],
+            )
+    except DatabaseError as exc:
+        raise _classify_db_error(exc, connection) from exc
+
+    try:
+        if check_mode:
+            target = _fingerprint(connection)
+            _check_expected(target, request.get("expected") or {}, bool(request.get("allow_replica")))
+            free = _try_lock(lock_conn, key)
+            holders = []
+            if free:
+                _unlock(lock_conn, key)
+            else:
+                holders = _lock_holders(lock_conn, key)
+            executor = _executor(connection)
+            would_apply = [f"{m.app_label}.{m.name}" for m, _ in _pending_plan(executor)]
+            lock_info.update(free=free, holders=holders)
+            return {
+                "ok": True,
+                "check_mode": True,
+                "changed": bool(would_apply),
+                "would_apply": would_apply,
+                "pending_before": would_apply,
+                "applied": [],
+                "failed": None,
+                "target": target,
+                "lock": lock_info,
+            }
+
+        wait = float(request.get("lock_wait", 300))
+        started = time.monotonic()
+        while not _try_lock(lock_conn, key):
+            if time.monotonic() - started >= wait:
+                holders = _lock_holders(lock_conn, key)
+                lock_info["waited"] = round(time.monotonic() - started, 3)
+                lock_info["holders"] = holders
+                raise HelperError(
+                    "lock_timeout",
+                    f"another migration holds the lock '{lock_name}' (key {key}) after waiting {wait:g}s: "
+                    f"{_describe_holders(holders)}. Wait for it to finish or raise lock_wait.",
+                    lock=lock_info,
+                )
+            time.sleep(0.25)
+        lock_info["waited"] = round(time.monotonic() - started, 3)
+        lock_info["acquired"] = True
+
+        # Under the lock: who are we talking to, and what is still pending now?
+        target = _fingerprint(connection)
+        _check_expected(target, request.get("expected") or {}, bool(request.get("allow_replica")))
+        executor = _executor(connection)
+        pending_before = [f"{m.app_label}.{m.name}" for m, _ in _pending_plan(executor)]
+        reply = {
+            "ok": True,
+            "check_mode": False,
+            "changed": False,
+            "applied": [],
+            "pending_before": pending_before,
+            "failed": None,
+            "target": target,
+            "lock": lock_info,
+        }
+        if not pending_before:
+            return reply
+        _set_timeouts(connection, request)
+        command = _migrate_command_class()()
+        output = io.StringIO()
+        try:
+            call_command(command, database=alias, interactive=False, verbosity=1, stdout=output, stderr=output)
+        except Exception as exc:  # noqa: BLE001 - a half-applied state must be reported
+            failed_id = command.current
+            reply.update(
+                ok=False,
+                error_kind="migration_failed",
+                changed=bool(command.applied),
+                applied=command.applied,
+                failed={
+                    "id": failed_id,
+                    "atomic": command.current_atomic,
+                    "error": f"{type(exc).__name__}: {str(exc).strip()}",
+                },
+                not_attempted=[
+                    m for m in pending_before if m != failed_id and m not in {a["id"] for a in command.applied}
+                ],
+                output=output.getvalue()[-4000:],
+            )
+            partial = ""
+            if command.current_atomic is False:
+                partial = " It is not atomic: the operations before the failing one stay applied."
+            reply["message"] = (
+                f"migration {failed_id or '(before any migration started)'} failed: {type(exc).__name__}: "
+                f"{_first_line(str(exc))}. Applied before the failure: "
+                f"{', '.join(a['id'] for a in command.applied) or 'nothing'}.{partial}"
+            )
+            return reply
+        reply["applied"] = command.applied
+        reply["changed"] = bool(command.applied)
+        reply["output"] = output.getvalue()[-4000:]
+        return reply
+    finally:
+        try:
+            if lock_info.get("acquired"):
+                _unlock(lock_conn, key)
+        except Exception:  # noqa: BLE001 - closing the session releases it anyway
+            pass
+        with contextlib.suppress(Exception):
+            lock_conn.close()
+
+
+def action_ping(request: dict) -> dict:
+    """Only check the interpreter and Django: used by tests and preflight."""
+    import django
+
+    return {"ok": True, "python": sys.version.split()[0], "django": django.get_version()}
+
+
+ACTIONS = {"plan": action_plan, "migrate": action_migrate, "ping": action_ping}
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "********")
+            escaped = json.dumps(secret)[1:-1]
+            if escaped != secret:
+                text = text.replace(escaped, "********")
+    return text
+
+
+def handle(request: dict) -> dict:
+    action = request.get("action")
+    if action not in ACTIONS:
+        return {"ok": False, "error_kind": "bad_request", "message": f"unknown helper action {action!r}"}
+    try:
+        _setup_django(request)
+        return ACTIONS[action](request)
+    except HelperError as exc:
+        return {"ok": False, "error_kind": exc.kind, "message": exc.message, **exc.details}
+    except Exception as exc:  # noqa: BLE001 - always answer with JSON
+        from_db = type(exc).__module__.startswith(("django.db", "psycopg"))
+        return {
+            "ok": False,
+            "error_kind": "db_error" if from_db else "internal",
+            "message": f"{type(exc).__name__}: {_first_line(str(exc))}",
+            "traceback": traceback.format_exc()[-3000:],
+        }
+
+
+def main() -> int:
+    real_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    # Anything Django (or the app) prints goes to stderr, not into our reply.
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        request = json.loads(sys.stdin.read() or "{}")
+    except ValueError as exc:
+        reply = {"ok": False, "error_kind": "bad_request", "message": f"request is not JSON: {exc}"}
+    else:
+        reply = handle(request)
+    reply["protocol"] = PROTOCOL
+    text = json.dumps(reply, default=str)
+    real_stdout.write(scrub(text, _known_secrets()))
+    real_stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

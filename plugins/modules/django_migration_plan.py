@@ -1,0 +1,355 @@
+#!/usr/bin/python
+# Copyright: safedeploy.django contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: django_migration_plan
+short_description: Classify the pending Django migrations by risk and gate them
+version_added: 0.1.0
+description:
+  - Loads the migration graph of a Django project once, in the application's own interpreter, and walks the
+    same plan as C(manage.py migrate --plan) against the live PostgreSQL database.
+  - Collects the SQL of every operation the way C(manage.py sqlmigrate) does, in one forward pass over the
+    plan. An operation whose SQL cannot be written without the live schema (Django introspects existing
+    constraints or indexes) is reported with RV(plan[].operations[].sql_error) and graded from the operation
+    itself; the walk never stops on it.
+  - Judges every operation with the rules of the collection (see C(docs/rules.md)), at the Django level
+    (RunPython without reverse, RemoveField, NOT NULL without a database default, ...) and at the PostgreSQL
+    level (blocking index build, table rewrite, validating constraint, ...). Size-sensitive rules are graded
+    by the real size of each touched table.
+  - Reports models changed without a migration (like C(makemigrations --check)) and fails on them unless
+    O(fail_on_missing=false).
+  - Applies a gate. A verdict riskier than O(max_risk) blocks unless a valid waiver covers it.
+  - Changes nothing, ever.
+author:
+  - safedeploy.django maintainers (@safedeploy)
+extends_documentation_fragment:
+  - safedeploy.django.django_app
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Read-only; runs in check mode exactly as without it.
+  diff_mode:
+    support: none
+    description:
+      - Does not return a diff.
+  idempotent:
+    support: full
+    description:
+      - Never changes anything; always returns C(changed=false).
+options:
+  check_missing:
+    description:
+      - Look for model changes that have no migration yet (what C(makemigrations --check) would create).
+    type: bool
+    default: true
+  fail_on_missing:
+    description:
+      - Fail when O(check_missing) finds model changes without a migration.
+    type: bool
+    default: true
+  max_risk:
+    description:
+      - The highest risk the gate lets through. With the default V(medium), a V(high) verdict blocks.
+    type: str
+    choices: [low, medium, high]
+    default: medium
+  waivers:
+    description:
+      - Accepted risks. A waiver lets one migration (optionally one rule of it) through the gate until it expires.
+      - An expired waiver is not applied; it is listed in RV(gate.expired_waivers).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      migration:
+        description: The migration, as V(app_label.migration_name).
+        type: str
+        required: true
+      rule:
+        description: A rule id (see C(docs/rules.md)). Without it, every rule of the migration is waived.
+        type: str
+      reason:
+        description: Why the risk is accepted (non-empty); shown in the report.
+        type: str
+        required: true
+      expires:
+        description: Last day the waiver applies, V(YYYY-MM-DD) (UTC).
+        type: str
+        required: true
+  fail_on_block:
+    description:
+      - Fail when the gate blocks. With V(false), return RV(gate.blocked=true) and let the play decide.
+    type: bool
+    default: true
+seealso:
+  - module: safedeploy.django.django_migrate_once
+"""
+
+EXAMPLES = r"""
+- name: Plan the migrations of the new release against the live database
+  safedeploy.django.django_migration_plan:
+    project_path: /srv/shop/releases/2.4.0
+    virtualenv: /srv/shop/releases/2.4.0/venv
+    app_environment:
+      PGHOST: db.internal
+      PGDATABASE: shop
+      PGUSER: shop_app
+      PGPASSWORD: "{{ vault_shop_db_password }}"
+    max_risk: medium
+    waivers:
+      - migration: shop.0007_order_status_not_null
+        rule: not-null-django-default
+        reason: orders are written only by the new worker, deployed first (TICKET-123)
+        expires: "2030-01-31"
+  register: plan
+
+- name: Show the report
+  ansible.builtin.debug:
+    msg: "{{ plan.report_markdown }}"
+
+- name: Review only, never fail on risk
+  safedeploy.django.django_migration_plan:
+    project_path: /srv/shop/current
+    python: /srv/shop/current/venv/bin/python
+    settings: shopsite.settings
+    fail_on_block: false
+  register: review
+"""
+
+RETURN = r"""
+plan:
+  description: The pending migrations, in the order C(manage.py migrate --plan) applies them.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: V(app_label.migration_name).
+      type: str
+      sample: shop.0007_order_status
+    app_label:
+      description: The app.
+      type: str
+    name:
+      description: The migration name.
+      type: str
+    atomic:
+      description: Whether the migration runs in one transaction.
+      type: bool
+    risk:
+      description: Highest risk of its verdicts (V(none), V(low), V(medium), V(high)).
+      type: str
+    reversible:
+      description: Whether every operation can be unapplied.
+      type: bool
+    sql:
+      description: The SQL of the migration, like C(sqlmigrate), each operation preceded by a C(--) comment.
+      type: list
+      elements: str
+    sql_error:
+      description: Why part of the SQL could not be rendered (it depends on the live schema), or null.
+      type: str
+    verdicts:
+      description: All verdicts of the migration; each has C(operation) (index or null for the migration itself).
+      type: list
+      elements: dict
+    operations:
+      description:
+        - One entry per operation.
+        - Besides the keys below, each entry has C(description) (Django's own description of the operation),
+          C(model), C(reversible), C(reduces_to_sql), C(new_tables) and, depending on the operation, the facts
+          the rules judged (C(field), C(field_before), C(run_sql), C(run_python), C(index), C(constraint)).
+      type: list
+      elements: dict
+      contains:
+        index:
+          description: Position in the migration.
+          type: int
+        type:
+          description: Operation class, for example V(AddField).
+          type: str
+        table:
+          description: The table of the operation's model, if any.
+          type: str
+        tables:
+          description: Every table the operation's SQL touches.
+          type: list
+          elements: str
+        created_in_plan:
+          description: Whether the operation's table is created by this plan (so no running code uses it).
+          type: bool
+        risk:
+          description: Highest risk of the operation's verdicts.
+          type: str
+        sql:
+          description: The operation's SQL statements.
+          type: list
+          elements: str
+        sql_error:
+          description: Error raised while rendering the SQL (the SQL depends on the live schema), or null.
+          type: str
+        verdicts:
+          description: Rule verdicts.
+          type: list
+          elements: dict
+          contains:
+            rule:
+              description: Rule id.
+              type: str
+            risk:
+              description: Risk, graded by table size for size-sensitive rules.
+              type: str
+            title:
+              description: Short title.
+              type: str
+            why:
+              description: What goes wrong.
+              type: str
+            alternative:
+              description: The safer way.
+              type: str
+            detail:
+              description: The statement or table size that triggered the rule, when there is one.
+              type: str
+              returned: sometimes
+pending:
+  description: Ids of the pending migrations, in plan order.
+  returned: success
+  type: list
+  elements: str
+highest_risk:
+  description: Highest risk over the plan; V(none) when nothing is pending.
+  returned: success
+  type: str
+  sample: high
+missing_migrations:
+  description: Model changes without a migration, as app label to names of the migrations C(makemigrations) would write.
+  returned: success
+  type: dict
+  sample:
+    shop: ["0008_product_color"]
+target:
+  description: The database the plan was made against. Never contains the password.
+  returned: success
+  type: dict
+  contains:
+    host:
+      description: Server host.
+      type: str
+    port:
+      description: Server port.
+      type: int
+    database:
+      description: Database name.
+      type: str
+    user:
+      description: Role name.
+      type: str
+    server_version:
+      description: PostgreSQL server version.
+      type: str
+    system_identifier:
+      description: The cluster's system identifier (C(pg_control_system())), or null when not readable.
+      type: str
+    in_recovery:
+      description: Whether the server is a replica (C(pg_is_in_recovery())).
+      type: bool
+tables:
+  description: Size of each touched table that exists now, C(rows) (estimate, -1 if never analyzed) and C(bytes).
+  returned: success
+  type: dict
+gate:
+  description: The gate decision.
+  returned: success
+  type: dict
+  contains:
+    max_risk:
+      description: The threshold used.
+      type: str
+    blocked:
+      description: Whether a verdict above O(max_risk) is not covered by a valid waiver.
+      type: bool
+    reasons:
+      description: One line per blocking verdict.
+      type: list
+      elements: str
+    waived:
+      description: Verdicts let through by a waiver, with the waiver's reason and expiry.
+      type: list
+      elements: dict
+    expired_waivers:
+      description: Waivers that were not applied because they expired.
+      type: list
+      elements: dict
+report_markdown:
+  description: A readable report (Markdown table of the plan, gate, waivers, missing migrations).
+  returned: success
+  type: str
+"""
+
+import datetime
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.safedeploy.django.plugins.module_utils import _django_runner, _rules
+
+
+def main():
+    argument_spec = dict(_django_runner.COMMON_ARGUMENT_SPEC)
+    argument_spec.update(
+        check_missing=dict(type="bool", default=True),
+        fail_on_missing=dict(type="bool", default=True),
+        max_risk=dict(type="str", default="medium", choices=["low", "medium", "high"]),
+        waivers=dict(
+            type="list",
+            elements="dict",
+            default=[],
+            options=dict(
+                migration=dict(type="str", required=True),
+                rule=dict(type="str"),
+                reason=dict(type="str", required=True),
+                expires=dict(type="str", required=True),
+            ),
+        ),
+        fail_on_block=dict(type="bool", default=True),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=_django_runner.COMMON_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    _django_runner.register_secrets(module)
+    params = module.params
+
+    waivers, errors = _rules.parse_waivers(params["waivers"])
+    if errors:
+        module.fail_json(msg="invalid waivers: " + "; ".join(errors))
+
+    reply = _django_runner.run_helper(module, params, "plan", {"check_missing": params["check_missing"]})
+    today = datetime.datetime.now(datetime.UTC).date()
+    result = _rules.assess_plan(reply, params["max_risk"], waivers, today)
+
+    missing = result["missing_migrations"]
+    if missing and params["check_missing"] and params["fail_on_missing"]:
+        names = "; ".join(f"{app}: {', '.join(items)}" for app, items in missing.items())
+        module.fail_json(
+            msg=f"models have changes without a migration ({names}): run 'manage.py makemigrations' and ship "
+            "the migrations with the release, or set fail_on_missing=false.",
+            **result,
+        )
+    if result["gate"]["blocked"] and params["fail_on_block"]:
+        module.fail_json(
+            msg=f"the migration plan exceeds max_risk={params['max_risk']}: "
+            + "; ".join(result["gate"]["reasons"])
+            + ". Make the migrations safer, or add a waiver (migration, rule, reason, expires).",
+            **result,
+        )
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Takes a few seconds, so that concurrent deploys overlap and must queue on the lock."""
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies = []
+    operations = [
+        migrations.CreateModel(
+            name="Thing",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=50)),
+            ],
+        ),
+        migrations.RunSQL("SELECT pg_sleep(3)", reverse_sql=migrations.RunSQL.noop),
+    ]
