@@ -34,6 +34,7 @@ COMMON_ARGUMENT_SPEC = dict(
 COMMON_MUTUALLY_EXCLUSIVE = [("virtualenv", "python")]
 
 # Environment variable names whose values are secrets (masked everywhere).
+FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "none", "null"}
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|URL|DSN", re.I)  # *_URL / *_DSN may embed a password
 MASK = "********"
 _SETTINGS_IN_MANAGE = re.compile(
@@ -74,7 +75,14 @@ def secret_values(app_environment: dict | None, environ: dict | None = None) -> 
         for name, value in source.items():
             if value and SECRET_NAME.search(str(name)) and str(name) != "PYTHONHASHSEED":
                 values.append(str(value))
-    return sorted({v for v in values if v}, key=len, reverse=True)
+    return sorted({v for v in values if _maskable(v)}, key=len, reverse=True)
+
+
+def _maskable(value: str) -> bool:
+    """Flags such as HOST_KEY_CHECKING=0 are no secrets: masking "0" would garble every number
+    in the result (an address, a system identifier), and corrupt values compared later."""
+    short_number = value.isdigit() and len(value) <= 5
+    return len(value) >= 3 and not short_number and value.lower() not in FLAG_WORDS
 
 
 def scrub(value, secrets: list[str]):

@@ -182,10 +182,10 @@ def test_settings_precedence(project, monkeypatch):
 
 def test_secret_values_and_scrub():
     secrets = _django_runner.secret_values(
-        {"PGPASSWORD": "pw1", "PGHOST": "db", "DJANGO_SECRET_KEY": "k1", "API_TOKEN": "t1"},
+        {"PGPASSWORD": "pw1", "PGHOST": "db", "DJANGO_SECRET_KEY": "key1", "API_TOKEN": "tok1", "DEBUG_KEY": "on"},
         environ={"PGPASSWORD": "pw0", "HOME": "/root"},
     )
-    assert sorted(secrets) == ["k1", "pw0", "pw1", "t1"]
+    assert sorted(secrets) == ["key1", "pw0", "pw1", "tok1"]
     scrubbed = _django_runner.scrub({"a": ["x pw1 y", 3], "b": "pw0"}, secrets)
     assert scrubbed == {"a": ["x ******** y", 3], "b": "********"}
 
@@ -205,3 +205,12 @@ def test_helper_scrub_handles_json_escaping():
     secret = 'pa"ss\\word'
     text = json.dumps({"message": f"x {secret} y"})
     assert "pa" not in _django_helper.scrub(text, [secret]).replace("protocol", "")
+
+
+def test_flag_values_of_secret_looking_names_are_not_masked():
+    """HOST_KEY_CHECKING=0 must not turn every 0 of the result (127.0.0.1) into ********."""
+    from ansible_collections.safedeploy.django.plugins.module_utils._django_runner import scrub, secret_values
+
+    secrets = secret_values({"PGPASSWORD": "s3cret-pw"}, {"ANSIBLE_HOST_KEY_CHECKING": "0", "USE_KEYRING": "true"})
+    assert secrets == ["s3cret-pw"]
+    assert scrub({"host": "127.0.0.1", "dsn": "x:s3cret-pw@h"}, secrets) == {"host": "127.0.0.1", "dsn": "x:********@h"}
