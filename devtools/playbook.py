@@ -48,7 +48,8 @@ def link_collection() -> None:
 
 
 def run_playbook(inventory: Path, playbook: str, extra_vars: dict | None = None, *, check: bool = False,
-                 log: Path | None = None, echo: bool = False, tags: str | None = None) -> PlaybookRun:
+                 log: Path | None = None, echo: bool = False, tags: str | None = None,
+                 verbosity: int = 0) -> PlaybookRun:
     """Run playbooks/<playbook>.yml; ``echo`` streams the output to our stdout as it comes."""
     link_collection()
     bindir = Path(sys.executable).parent
@@ -59,6 +60,8 @@ def run_playbook(inventory: Path, playbook: str, extra_vars: dict | None = None,
         argv.append("--check")
     if tags:
         argv += ["--tags", tags]
+    if verbosity:
+        argv.append("-" + "v" * verbosity)
     with tempfile.NamedTemporaryFile(prefix="safedeploy-results-", suffix=".jsonl", delete=False) as handle:
         results_path = Path(handle.name)
     env = dict(os.environ)

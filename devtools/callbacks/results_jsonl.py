@@ -36,13 +36,15 @@ class CallbackModule(CallbackBase):
             return
         task = result._task
         data = self._dump_results(result._result, indent=None)  # censored as the default output is
-        delegated = result._result.get("_ansible_delegated_vars", {}) or {}
+        # the task's delegate_to is templated by the time results arrive
+        delegated = result._result.get("_ansible_delegated_vars") or {}
+        delegated_to = delegated.get("ansible_delegated_host") or task.delegate_to or None
         line = {
             "play": task.play.get_name() if task.play else None,
             "task": task.get_name(),
             "action": task.action,
             "host": result._host.get_name(),
-            "delegated_to": delegated.get("ansible_delegated_host"),
+            "delegated_to": delegated_to,
             "status": status,
             "changed": bool(result._result.get("changed", False)),
             "result": json.loads(data),

@@ -1,0 +1,196 @@
+"""End to end: the deploy playbook on a real three-host gunicorn fleet behind nginx.
+
+One sandbox (its own PostgreSQL, nginx and ports, under a temp dir) for the
+whole module; the tests run in file order, each building on the fleet state the
+previous one left, as an operator's sequence of deploys would.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devtools.loadgen import LoadGenerator
+from devtools.pgcluster import Cluster, free_port
+from devtools.playbook import run_playbook
+from devtools.sandbox import HOSTS, Sandbox, _read_env
+
+pytestmark = pytest.mark.slow
+
+RELEASE_2_MIGRATIONS = [
+    "shop.0003_product_description",
+    "shop.0004_order_channel",
+    "shop.0005_orderevent",
+    "shop.0006_order_created_index",
+    "shop.0007_backfill_descriptions",
+]
+
+
+def _port_free_on_all_hosts() -> int:
+    for _ in range(50):
+        port = free_port()
+        try:
+            for _, address in HOSTS:
+                with socket.socket() as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every sandbox address")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    box = Sandbox(tmp_path_factory.mktemp("sandbox"), lb_port=free_port(), app_port=_port_free_on_all_hosts())
+    box.up(log=lambda *_: None)
+    yield box
+    box.down(purge=True, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def db_env(sandbox):
+    return _read_env(sandbox.db_env_file)
+
+
+def deploy(sandbox: Sandbox, version: str, *, check: bool = False, verbosity: int = 0, **extra):
+    extra_vars = {
+        "release_version": version,
+        "release_artifact": str(sandbox.artifacts / f"shop-{version}.tar.gz"),
+        "release_report_dir": str(sandbox.base / "reports"),
+        **extra,
+    }
+    return run_playbook(sandbox.inventory_dir / "hosts.ini", "deploy", extra_vars, check=check,
+                        verbosity=verbosity, log=sandbox.base / "logs" / f"deploy-{version}.log")
+
+
+def host_versions(sandbox: Sandbox) -> dict[str, str | None]:
+    versions = {}
+    for name, address in HOSTS:
+        try:
+            with urllib.request.urlopen(f"http://{address}:{sandbox.app_port}/healthz", timeout=5) as response:
+                versions[name] = json.load(response)["version"]
+        except OSError:
+            versions[name] = None
+    return versions
+
+
+def current_links(sandbox: Sandbox) -> dict[str, str | None]:
+    links = {}
+    for name, _ in HOSTS:
+        link = sandbox.hosts_dir / name / "current"
+        links[name] = Path(link.readlink()).name if link.is_symlink() else None
+    return links
+
+
+def applied_migrations(db_env: dict) -> list[str]:
+    with psycopg.connect(host=db_env["PGHOST"], port=db_env["PGPORT"], user=db_env["PGUSER"],
+                         password=db_env["PGPASSWORD"], dbname=db_env["PGDATABASE"]) as conn:
+        rows = conn.execute("SELECT app || '.' || name FROM django_migrations WHERE app = 'shop' ORDER BY id")
+        return [row[0] for row in rows]
+
+
+def snapshot_files(sandbox: Sandbox) -> list[str]:
+    return sorted(p.name for p in sandbox.snapshots.iterdir()) if sandbox.snapshots.exists() else []
+
+
+def explain(run) -> str:
+    return f"rc={run.rc}, log {run.log}:\n{run.output[-4000:]}"
+
+
+def test_first_deploy_installs_release_1_everywhere(sandbox, db_env):
+    run = deploy(sandbox, "1.0.0")
+    assert run.rc == 0, explain(run)
+    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
+
+
+def test_wrong_database_is_refused_before_any_change(sandbox, db_env):
+    run = deploy(sandbox, "2.0.0", release_expected_database="shop_staging")
+    assert run.rc != 0
+    refused = run.task("Confirm the target database", status="failed")
+    assert len(refused) == 1, explain(run)
+    assert "Refusing to migrate shop on 127.0.0.1" in refused[0]["result"]["msg"]
+    assert "release_expected_database is 'shop_staging'" in refused[0]["result"]["msg"]
+    # nothing changed: no migration, no snapshot, every host still on release 1
+    assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
+    assert not any(name.startswith("predeploy-shop-2.0.0") for name in snapshot_files(sandbox))
+    assert current_links(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+
+
+def test_health_url_that_never_turns_healthy_stops_in_preflight(sandbox):
+    run = deploy(sandbox, "2.0.0", release_healthcheck_path="/no-such-health")
+    assert run.rc != 0
+    failed = run.task("running release does not answer its health URL", status="failed")
+    assert {r["host"] for r in failed} == {"app1", "app2", "app3"}, explain(run)
+    assert "/no-such-health is not healthy on the release running now" in failed[0]["result"]["msg"]
+    assert current_links(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert not run.task("Point current at the new release")
+
+
+def test_release_2_rolls_out_under_load_with_zero_failed_requests(sandbox, db_env):
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        run = deploy(sandbox, "2.0.0")
+    finally:
+        summary = load.stop()
+    assert run.rc == 0, explain(run)
+
+    # the load really ran across the switch, and nothing failed
+    assert summary["total"] >= 200, summary
+    assert summary["failed"] == 0, summary["failures_sample"]
+    assert set(summary["versions"]) == {"1.0.0", "2.0.0"}, summary["versions"]
+
+    # migrate ran once, on one host, before any host was switched
+    migrate = run.task("Apply the pending migrations once")
+    assert len(migrate) == 1 and migrate[0]["status"] == "ok", explain(run)
+    assert migrate[0]["delegated_to"] == "app1"
+    assert [m["id"] for m in migrate[0]["result"]["applied"]] == RELEASE_2_MIGRATIONS
+    switched = [r for r in run.results if "Point current at the new release" in r["task"]]
+    assert run.results.index(migrate[0]) < run.results.index(switched[0])
+    assert applied_migrations(db_env)[2:] == RELEASE_2_MIGRATIONS
+
+    # the hosts were switched one at a time, each proven healthy before the next
+    order = [r["host"] for r in run.results if "Prove the host healthy" in r["task"]]
+    assert order == ["app1", "app2", "app3"]
+    assert host_versions(sandbox) == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
+    assert current_links(sandbox) == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
+
+    # a verified snapshot exists, lists the application's tables, and is private
+    dump = sandbox.snapshots / "predeploy-shop-2.0.0.dump"
+    assert dump.exists() and dump.stat().st_mode & 0o077 == 0
+    cluster = Cluster(sandbox.pg_dir)
+    listing = subprocess.run([cluster.bin("pg_restore"), "--list", str(dump)], capture_output=True, text=True,
+                             check=True).stdout
+    for table in ("shop_order", "shop_product", "django_migrations"):
+        assert f"TABLE public {table} " in listing
+
+    report = json.loads((sandbox.base / "reports" / "deploy-2.0.0.json").read_text())
+    assert report["plan"]["pending"] == RELEASE_2_MIGRATIONS
+    assert report["hosts"] == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
+    assert report["snapshot"]["path"] == str(dump)
+
+
+def test_second_deploy_of_the_same_release_changes_nothing(sandbox, db_env):
+    before = snapshot_files(sandbox)
+    run = deploy(sandbox, "2.0.0", verbosity=3)
+    assert run.rc == 0, explain(run)
+    assert {host: counts["changed"] for host, counts in run.recap.items()} == {"app1": 0, "app2": 0, "app3": 0}
+    assert run.task("Apply the pending migrations once")[0]["result"]["applied"] == []
+    assert snapshot_files(sandbox) == before
+    # even at -vvv the database password and Django's secret key never show
+    for secret in (db_env["PGPASSWORD"], db_env["DJANGO_SECRET_KEY"]):
+        assert secret not in run.output
+
+
+def test_check_mode_on_a_converged_fleet_reports_no_change(sandbox):
+    run = deploy(sandbox, "2.0.0", check=True)
+    assert run.rc == 0, explain(run)
+    assert {host: counts["changed"] for host, counts in run.recap.items()} == {"app1": 0, "app2": 0, "app3": 0}
