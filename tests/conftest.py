@@ -38,6 +38,12 @@ def pg_cluster(tmp_path_factory):
 
     cluster = Cluster(tmp_path_factory.mktemp("pg")).ensure_started()
     yield cluster
+    # keep the server log where it can be read after the run: a backend crash
+    # shows up only there ("terminated by signal ...")
+    keep = REPO / ".build" / "test-logs"
+    keep.mkdir(parents=True, exist_ok=True)
+    if cluster.logfile.exists():
+        (keep / "postgresql.log").write_text(cluster.logfile.read_text(errors="replace"))
     cluster.destroy()
 
 
