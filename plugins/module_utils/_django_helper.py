@@ -696,7 +696,7 @@ def action_migrate(request: dict) -> dict:
             else:
                 holders = _lock_holders(lock_conn, key)
             executor = _executor(connection)
-            would_apply = [f"{m.app_label}.{m.name}" for m, _ in _pending_plan(executor)]
+            would_apply = [f"{m.app_label}.{m.name}" for m, _backwards in _pending_plan(executor)]
             lock_info.update(free=free, holders=holders)
             return {
                 "ok": True,
@@ -731,7 +731,7 @@ def action_migrate(request: dict) -> dict:
         target = _fingerprint(connection)
         _check_expected(target, request.get("expected") or {}, bool(request.get("allow_replica")))
         executor = _executor(connection)
-        pending_before = [f"{m.app_label}.{m.name}" for m, _ in _pending_plan(executor)]
+        pending_before = [f"{m.app_label}.{m.name}" for m, _backwards in _pending_plan(executor)]
         reply = {
             "ok": True,
             "check_mode": False,
@@ -851,4 +851,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

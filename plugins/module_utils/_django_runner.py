@@ -258,7 +258,7 @@ def invoke_helper(params: dict, action: str, payload: dict, *, which, popen=subp
                 os.killpg(process.pid, signal.SIGKILL)
             except OSError:
                 process.kill()
-            _, stderr = process.communicate()
+            _stdout, stderr = process.communicate()
             raise HelperFailure(
                 "timeout",
                 f"the Django helper ({action}) did not finish within {timeout}s and was killed; raise timeout "
@@ -310,8 +310,8 @@ def run_helper(module, params: dict, action: str, payload: dict, passthrough: tu
         if not reply.get("ok") and reply.get("error_kind") not in passthrough:
             raise failure_from_reply(reply)
     except HelperFailure as failure:
-        details = {k: v for k, v in failure.details.items() if k in ("stderr", "rc", "connection", "target", "lock",
-                                                                      "traceback", "interpreter", "settings")}
+        passed_on = ("stderr", "rc", "connection", "target", "lock", "traceback", "interpreter", "settings")
+        details = {k: v for k, v in failure.details.items() if k in passed_on}
         module.fail_json(msg=failure.message, error_kind=failure.kind, **details)
     return reply
 

@@ -33,10 +33,10 @@ RELEASE_2_MIGRATIONS = [
 
 
 def _port_free_on_all_hosts() -> int:
-    for _ in range(50):
+    for _attempt in range(50):
         port = free_port()
         try:
-            for _, address in HOSTS:
+            for _name, address in HOSTS:
                 with socket.socket() as sock:
                     sock.bind((address, port))
         except OSError:
@@ -82,7 +82,7 @@ def host_versions(sandbox: Sandbox) -> dict[str, str | None]:
 
 def current_links(sandbox: Sandbox) -> dict[str, str | None]:
     links = {}
-    for name, _ in HOSTS:
+    for name, _address in HOSTS:
         link = sandbox.hosts_dir / name / "current"
         links[name] = Path(link.readlink()).name if link.is_symlink() else None
     return links

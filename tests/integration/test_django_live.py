@@ -51,7 +51,7 @@ def parse_adhoc(stdout: str) -> tuple[str, dict]:
     marker = stdout.index("localhost | ")
     status = stdout[marker + len("localhost | "):].split(" ", 1)[0]
     brace = stdout.index("{", marker)
-    result, _ = json.JSONDecoder().raw_decode(stdout[brace:])
+    result, _end = json.JSONDecoder().raw_decode(stdout[brace:])
     return status, result
 
 
@@ -63,7 +63,7 @@ def ansible(module: str, args: dict, env: dict, *, check: bool = False, verbose:
         argv.append("--check")
     if verbose:
         argv.append("-vvv")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(argv, env=env, capture_output=True, check=False, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     secret = secret or env.get("PGPASSWORD")
     if secret:
@@ -79,8 +79,8 @@ def common(project: Path, **extra) -> dict:
 
 
 def manage(project: Path, env: dict, *args: str) -> str:
-    proc = subprocess.run([PYTHON, "manage.py", *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([PYTHON, "manage.py", *args], cwd=project, env=env, capture_output=True, check=False,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -312,13 +312,13 @@ def test_migrate_concurrent_runs_apply_once(pg_database):
     argv = [ANSIBLE, "localhost", "-m", "safedeploy.django.django_migrate_once",
             "-a", json.dumps(common(SLOW, lock_wait=120))]
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+             for _run in range(4)]
     results = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
         assert pg_database["PGPASSWORD"] not in stdout + stderr
         results.append(parse_adhoc(stdout))
-    statuses = sorted(status for status, _ in results)
+    statuses = sorted(status for status, _result in results)
     assert statuses == ["CHANGED", "SUCCESS", "SUCCESS", "SUCCESS"], results
     winner = next(r for s, r in results if s == "CHANGED")
     assert [a["id"] for a in winner["applied"]] == ["slow.0001_initial", "slow.0002_thing_seed"]
@@ -327,7 +327,7 @@ def test_migrate_concurrent_runs_apply_once(pg_database):
         if status == "SUCCESS":
             assert result["changed"] is False and result["applied"] == [] and result["pending_before"] == []
     # The others queued on the lock while the winner worked.
-    assert max(r["lock"]["waited"] for _, r in results) > 1
+    assert max(r["lock"]["waited"] for _status, r in results) > 1
     assert sql(pg_database, "SELECT count(*) FROM slow_thing")[0][0] == 1  # the seed ran once
     assert applied_ids(pg_database) == ["slow.0001_initial", "slow.0002_thing_seed"]
 
@@ -456,7 +456,7 @@ def test_password_never_in_output_with_vvv(pg_database, tmp_path):
     }]))
     proc = subprocess.run([ANSIBLE_PLAYBOOK, "-vvv", "-i", "localhost,", "-c", "local",
                            "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
-                          env=no_pg, capture_output=True, text=True, timeout=300)
+                          env=no_pg, capture_output=True, check=False, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "changed=1" in output  # the migrate task ran for real

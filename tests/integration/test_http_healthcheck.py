@@ -48,7 +48,7 @@ def run_task(tmp_path: Path, module: str, args: dict, *, check: bool = False, ve
                    ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
                    ANSIBLE_DEPRECATION_WARNINGS="0", no_proxy="127.0.0.1,localhost")
     run_env.update(env or {})
-    proc = subprocess.run(argv, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, check=False, text=True, env=run_env, cwd=tmp_path, timeout=120)
     assert out.exists(), f"playbook did not finish:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text()), proc
 
@@ -117,8 +117,8 @@ def server():
 def test_becomes_healthy_after_failures(tmp_path, server):
     script = Script(fail_first=3)
     url = server(script)
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "interval": 0.2, "deadline": 20,
-                                            "json": {"status": "ok", "version": "2.0.0"}})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "interval": 0.2, "deadline": 20,
+                                                "json": {"status": "ok", "version": "2.0.0"}})
     assert not result.get("failed"), result.get("msg")
     assert result["healthy"] is True and result["changed"] is False
     assert result["attempts"] == 4 == len(script.requests)
@@ -130,7 +130,7 @@ def test_becomes_healthy_after_failures(tmp_path, server):
 def test_never_healthy_fails_after_deadline(tmp_path, server):
     script = Script(fail_first=10**6, fail_status=500)
     url = server(script)
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "interval": 0.3, "deadline": 2})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "interval": 0.3, "deadline": 2})
     assert result["failed"] is True and result["healthy"] is False
     assert result["msg"].startswith(f"{url} was not healthy within the deadline of 2s (")
     assert result["msg"].endswith(": status was 500, expected 200")
@@ -141,8 +141,8 @@ def test_never_healthy_fails_after_deadline(tmp_path, server):
 
 def test_wrong_json_version(tmp_path, server):
     url = server(Script(version="1.0.0"))
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "interval": 0.2, "deadline": 1,
-                                            "json": {"version": "2.0.0", "status": "ok"}})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "interval": 0.2, "deadline": 1,
+                                                "json": {"version": "2.0.0", "status": "ok"}})
     assert result["failed"] is True
     assert result["msg"].endswith("json field version was '1.0.0', expected '2.0.0'")
     assert result["problems"] == ["json field version was '1.0.0', expected '2.0.0'"]
@@ -150,7 +150,7 @@ def test_wrong_json_version(tmp_path, server):
 
 def test_version_compared_type_insensitively(tmp_path, server):
     url = server(Script(version="2"))
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "json": {"version": 2}, "deadline": 2})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "json": {"version": 2}, "deadline": 2})
     assert result["healthy"] is True, result.get("msg")
 
 
@@ -160,8 +160,8 @@ def test_connection_refused(tmp_path):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result, _ = run_task(tmp_path, MODULE, {"url": f"http://127.0.0.1:{port}/healthz", "interval": 0.2,
-                                            "deadline": 1})
+    result, _proc = run_task(tmp_path, MODULE, {"url": f"http://127.0.0.1:{port}/healthz", "interval": 0.2,
+                                                "deadline": 1})
     assert result["failed"] is True and result["status"] is None
     assert result["msg"].endswith("request failed: connection refused (nothing listens on that address and port)")
     assert result["attempts"] >= 3
@@ -170,7 +170,7 @@ def test_connection_refused(tmp_path):
 def test_consecutive_successes_required(tmp_path, server):
     script = Script(sequence=[True, False, True, True, False, True])
     url = server(script)
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "interval": 0.1, "deadline": 20, "consecutive": 3})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "interval": 0.1, "deadline": 20, "consecutive": 3})
     assert result["healthy"] is True
     # healthy at request 8: the third good answer after the last bad one (6, 7, 8)
     assert result["attempts"] == 8 == len(script.requests)
@@ -180,11 +180,11 @@ def test_consecutive_successes_required(tmp_path, server):
 def test_check_mode_polls_for_real(tmp_path, server):
     script = Script(fail_first=1)
     url = server(script)
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "interval": 0.1, "deadline": 10}, check=True)
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "interval": 0.1, "deadline": 10}, check=True)
     assert result["healthy"] is True and result["changed"] is False
     assert len(script.requests) == 2
     # and a failing check fails in check mode too
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "json": {"version": "9"}, "deadline": 0.5}, check=True)
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "json": {"version": "9"}, "deadline": 0.5}, check=True)
     assert result["failed"] is True and "json field version was '2.0.0', expected '9'" in result["msg"]
 
 
@@ -217,10 +217,10 @@ def self_signed(tmp_path_factory):
 
 def test_tls_validation_and_ca_path(tmp_path, server, self_signed):
     url = server(Script(), tls=self_signed)
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "deadline": 0.5})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "deadline": 0.5})
     assert result["failed"] is True
     assert "certificate" in result["msg"].lower() and "ca_path" in result["msg"]
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "deadline": 2, "ca_path": self_signed[0]})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "deadline": 2, "ca_path": self_signed[0]})
     assert result["healthy"] is True, result.get("msg")
-    result, _ = run_task(tmp_path, MODULE, {"url": url, "deadline": 2, "validate_certs": False})
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "deadline": 2, "validate_certs": False})
     assert result["healthy"] is True, result.get("msg")

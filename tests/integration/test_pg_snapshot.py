@@ -54,7 +54,7 @@ def run_task(tmp_path: Path, module: str, args: dict, *, check: bool = False, ve
     env.update(ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
                ANSIBLE_DEPRECATION_WARNINGS="0")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(argv, capture_output=True, check=False, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.exists(), f"playbook did not finish:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text()), proc
 
@@ -95,12 +95,12 @@ def test_check_real_check_real(tmp_path, shop_db, pg_cluster):
     dest = tmp_path / "snaps"
     args = conn_args(shop_db, dest=str(dest), name="before-2.0.0")
 
-    result, _ = run_task(tmp_path, MODULE, args, check=True)
+    result, _proc = run_task(tmp_path, MODULE, args, check=True)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and result["reused"] is False
     assert not dest.exists(), "check mode must not write anything"
 
-    result, _ = run_task(tmp_path, MODULE, args)
+    result, _proc = run_task(tmp_path, MODULE, args)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True and result["reused"] is False
     dump = dest / "before-2.0.0.dump"
@@ -111,7 +111,8 @@ def test_check_real_check_real(tmp_path, shop_db, pg_cluster):
     digest = hashlib.sha256(dump.read_bytes()).hexdigest()
     assert result["sha256"] == digest and result["size"] == dump.stat().st_size > 0
     # the checksum file is what sha256sum -c expects
-    check = subprocess.run(["sha256sum", "-c", "before-2.0.0.dump.sha256"], cwd=dest, capture_output=True, text=True)
+    check = subprocess.run(["sha256sum", "-c", "before-2.0.0.dump.sha256"], cwd=dest, capture_output=True,
+                           check=False, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert sorted(result["tables"]) == ["public.django_migrations", "public.shop_product"]
     manifest = json.loads((dest / "before-2.0.0.json").read_text())
@@ -129,17 +130,17 @@ def test_check_real_check_real(tmp_path, shop_db, pg_cluster):
     try:
         env = {**os.environ, **shop_db, "PGDATABASE": scratch}
         restore = subprocess.run([str(pg_cluster.bindir / "pg_restore"), "--no-owner", "--exit-on-error",
-                                  "--dbname", scratch, str(dump)], env=env, capture_output=True, text=True)
+                                  "--dbname", scratch, str(dump)], env=env, capture_output=True, check=False, text=True)
         assert restore.returncode == 0, restore.stderr
         assert pg_cluster.psql("SELECT count(*), sum(price) FROM shop_product", scratch) == "5000|18753750.0"
     finally:
         pg_cluster.drop_database(scratch)
 
-    result, _ = run_task(tmp_path, MODULE, args, check=True)
+    result, _proc = run_task(tmp_path, MODULE, args, check=True)
     assert result["changed"] is False and result["reused"] is True and result["sha256"] == digest
 
     mtime = dump.stat().st_mtime_ns
-    result, _ = run_task(tmp_path, MODULE, args)
+    result, _proc = run_task(tmp_path, MODULE, args)
     assert result["changed"] is False and result["reused"] is True
     assert result["sha256"] == digest and sorted(result["tables"]) == sorted(manifest["table_names"])
     assert dump.stat().st_mtime_ns == mtime
@@ -147,8 +148,8 @@ def test_check_real_check_real(tmp_path, shop_db, pg_cluster):
 
 def test_credentials_from_task_environment_and_default_name(tmp_path, shop_db):
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, {"database": shop_db["PGDATABASE"], "dest": str(dest)},
-                         task_env={k: v for k, v in shop_db.items() if k != "PGDATABASE"})
+    result, _proc = run_task(tmp_path, MODULE, {"database": shop_db["PGDATABASE"], "dest": str(dest)},
+                             task_env={k: v for k, v in shop_db.items() if k != "PGDATABASE"})
     assert not result.get("failed"), result.get("msg")
     assert result["name"].startswith(shop_db["PGDATABASE"] + "-") and result["name"].endswith("Z")
     assert result["target"] == {"host": "127.0.0.1", "port": int(shop_db["PGPORT"]),
@@ -159,14 +160,14 @@ def test_credentials_from_task_environment_and_default_name(tmp_path, shop_db):
 def test_corrupted_snapshot_is_not_reused(tmp_path, shop_db):
     dest = tmp_path / "snaps"
     args = conn_args(shop_db, dest=str(dest), name="s1")
-    result, _ = run_task(tmp_path, MODULE, args)
+    result, _proc = run_task(tmp_path, MODULE, args)
     assert result["changed"] is True
     dump = dest / "s1.dump"
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0xFF
     dump.write_bytes(bytes(data))
 
-    result, _ = run_task(tmp_path, MODULE, args)
+    result, _proc = run_task(tmp_path, MODULE, args)
     assert result["failed"] is True and result["error_kind"] == "corrupt"
     assert result["msg"].startswith(f"snapshot {dump} is corrupted: its sha256 is ")
     assert "will not be reused" in result["msg"]
@@ -222,7 +223,7 @@ def test_unreachable_port(tmp_path, shop_db):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), port=port, connect_timeout=3))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), port=port, connect_timeout=3))
     assert result["failed"] is True and result["error_kind"] == "unreachable"
     assert result["msg"].startswith(f"cannot reach PostgreSQL at 127.0.0.1:{port} ")
     assert "Connection refused" in result["msg"]
@@ -232,11 +233,11 @@ def test_unreachable_port(tmp_path, shop_db):
 def test_dest_not_writable(tmp_path, shop_db):
     dest = tmp_path / "locked"
     dest.mkdir()
-    if subprocess.run(["chattr", "+i", str(dest)], capture_output=True).returncode != 0:
+    if subprocess.run(["chattr", "+i", str(dest)], capture_output=True, check=False).returncode != 0:
         pytest.skip("chattr +i not supported here")
     try:
-        result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1"))
-        result_sub, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest / "sub"), name="s1"))
+        result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1"))
+        result_sub, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest / "sub"), name="s1"))
     finally:
         subprocess.run(["chattr", "-i", str(dest)], check=True)
     assert result["failed"] is True and result["error_kind"] == "dest"
@@ -247,12 +248,12 @@ def test_dest_not_writable(tmp_path, shop_db):
 
     afile = tmp_path / "afile"
     afile.write_text("x")
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(afile), name="s1"))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(afile), name="s1"))
     assert result["failed"] is True and "exists and is not a directory" in result["msg"]
 
 
 def test_unknown_argument(tmp_path, shop_db):
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(tmp_path / "d"), compress=9))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(tmp_path / "d"), compress=9))
     assert result["failed"] is True
     assert "Unsupported parameters for (safedeploy.django.pg_snapshot) module: compress" in result["msg"]
 
@@ -278,7 +279,7 @@ def _pg_dump_wrapper(tmp_path: Path, pg_cluster, body: str) -> Path:
 def test_pg_dump_killed_midway_leaves_no_dump(tmp_path, shop_db, pg_cluster):
     bin_dir = _pg_dump_wrapper(tmp_path, pg_cluster, 'truncate -s 100 "$out"\nkill -9 $$')
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1", bin_dir=str(bin_dir)))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1", bin_dir=str(bin_dir)))
     assert result["failed"] is True and result["error_kind"] == "dump_failed"
     assert result["msg"].startswith("pg_dump was killed by signal 9; no snapshot was written.")
     assert snapshot_files(dest) == [], "neither a .dump nor a partial file may be left"
@@ -287,7 +288,7 @@ def test_pg_dump_killed_midway_leaves_no_dump(tmp_path, shop_db, pg_cluster):
 def test_truncated_dump_with_exit_0_is_caught(tmp_path, shop_db, pg_cluster):
     bin_dir = _pg_dump_wrapper(tmp_path, pg_cluster, 'truncate -s $(( $(stat -c %s "$out") / 2 )) "$out"\nexit 0')
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1", bin_dir=str(bin_dir)))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), name="s1", bin_dir=str(bin_dir)))
     assert result["failed"] is True and result["error_kind"] == "verify_failed"
     # pg_restore --list alone accepts a file cut in the data section; reading the data catches it
     assert "truncated or corrupt archive" in result["msg"]
@@ -302,7 +303,7 @@ def test_pg_dump_older_than_server(tmp_path, shop_db, pg_cluster):
     (bin_dir / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n")
     (bin_dir / "pg_dump").chmod(0o755)
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), bin_dir=str(bin_dir)))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(dest), bin_dir=str(bin_dir)))
     assert result["failed"] is True and result["error_kind"] == "client_too_old"
     assert result["msg"].startswith("pg_dump is older than the server (15.")
     assert f"{bin_dir / 'pg_dump'} 14.9" in result["msg"] and "postgresql-client-15" in result["msg"]
@@ -321,7 +322,7 @@ def test_empty_database_snapshot_warns(tmp_path, pg_database):
 def test_table_the_user_cannot_read_fails_cleanly(tmp_path, pg_database, pg_cluster):
     pg_cluster.psql("CREATE TABLE secret_stuff (id int); ", pg_database["PGDATABASE"])  # owned by postgres
     dest = tmp_path / "snaps"
-    result, _ = run_task(tmp_path, MODULE, conn_args(pg_database, dest=str(dest), name="s1"))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(pg_database, dest=str(dest), name="s1"))
     assert result["failed"] is True and result["error_kind"] == "dump_failed"
     assert "permission denied for table secret_stuff" in result["msg"]
     assert snapshot_files(dest) == []

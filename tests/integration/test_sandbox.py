@@ -40,7 +40,8 @@ def free_port() -> int:
 def sandbox_cli(base: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     # capture_output + timeout: nginx or PostgreSQL holding our pipes would hang this
     return subprocess.run([sys.executable, "-m", "devtools.sandbox", *args, "--dir", str(base)],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          cwd=REPO, capture_output=True, check=False, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def mode(path: Path) -> int:
@@ -77,7 +78,7 @@ def test_up_builds_everything(sandbox):
         with tarfile.open(box.artifacts / f"shop-{version}.tar.gz") as tar:
             assert tar.extractfile("RELEASE").read().decode().strip() == version
     # every host root exists, nothing deployed yet
-    for name, _ in HOSTS:
+    for name, _address in HOSTS:
         assert (box.hosts_dir / name / "releases").is_dir()
         assert not (box.hosts_dir / name / "current").exists()
     # nginx answers (502: no app host runs yet)
@@ -88,13 +89,15 @@ def test_up_builds_everything(sandbox):
 
 
 def test_inventory_matches_the_spec(sandbox):
-    box, _ = sandbox
+    box, _output = sandbox
     python = os.path.abspath(sys.executable)
     hosts = (box.inventory_dir / "hosts.ini").read_text().splitlines()
     for name, address in HOSTS:
         assert f"{name} ansible_host={address} release_root={box.hosts_dir / name}" in hosts
-    assert hosts[hosts.index("[app:vars]") + 1:][:2] == ["ansible_connection=local",
-                                                        f"ansible_python_interpreter={python}"]
+    assert hosts[hosts.index("[app:vars]") + 1:][:2] == [
+        "ansible_connection=local",
+        f"ansible_python_interpreter={python}",
+    ]
     assert f"localhost ansible_connection=local ansible_python_interpreter={python}" in hosts
     assert hosts.index("[lb]") < hosts.index(f"localhost ansible_connection=local ansible_python_interpreter={python}")
 
@@ -117,7 +120,8 @@ def test_inventory_matches_the_spec(sandbox):
         )
     assert len(commands) == 4
     # the reload command works as written (nginx runs)
-    reload = subprocess.run(json.loads(values["release_nginx_reload_command"]), shell=True, capture_output=True)
+    reload = subprocess.run(json.loads(values["release_nginx_reload_command"]), shell=True, capture_output=True,
+                            check=False)
     assert reload.returncode == 0, reload.stderr
 
     secrets = group_vars / "secrets.yml"
@@ -128,8 +132,8 @@ def test_inventory_matches_the_spec(sandbox):
 
 
 def test_nginx_config_is_valid_and_sized(sandbox):
-    box, _ = sandbox
-    checked = subprocess.run(box.nginx_argv("-t"), capture_output=True, text=True)
+    box, _output = sandbox
+    checked = subprocess.run(box.nginx_argv("-t"), capture_output=True, check=False, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "test is successful" in checked.stderr
     conf = box.nginx_conf.read_text()
@@ -137,7 +141,7 @@ def test_nginx_config_is_valid_and_sized(sandbox):
     assert f"pid {box.nginx_dir}/nginx.pid;" in conf
     assert "@@" not in conf
     assert box.upstream_file.read_text().splitlines() == [
-        f"server {address}:{box.app_port} max_fails=1 fail_timeout=2s;" for _, address in HOSTS
+        f"server {address}:{box.app_port} max_fails=1 fail_timeout=2s;" for _name, address in HOSTS
     ]
     assert box.upstream_lines(drained={"app2"}).splitlines()[1] == \
         f"server 127.0.0.12:{box.app_port} max_fails=1 fail_timeout=2s down;"
@@ -145,7 +149,7 @@ def test_nginx_config_is_valid_and_sized(sandbox):
 
 def test_wheelhouse_installs_a_release_offline(sandbox, tmp_path):
     """What the role does on each host: a venv per release, pip from the wheelhouse only."""
-    box, _ = sandbox
+    box, _output = sandbox
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
     with tarfile.open(box.artifacts / "shop-2.0.0.tar.gz") as tar:
@@ -153,18 +157,18 @@ def test_wheelhouse_installs_a_release_offline(sandbox, tmp_path):
     installed = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--find-links", str(box.wheelhouse),
          "-r", str(tmp_path / "release" / "requirements.txt")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, check=False, text=True, timeout=300,
     )
     assert installed.returncode == 0, installed.stderr
-    version = subprocess.run([str(venv / "bin" / "gunicorn"), "--version"], capture_output=True, text=True)
+    version = subprocess.run([str(venv / "bin" / "gunicorn"), "--version"], capture_output=True, check=False, text=True)
     assert version.returncode == 0
     check = subprocess.run([str(venv / "bin" / "python"), "manage.py", "check"], cwd=tmp_path / "release",
-                           capture_output=True, text=True)
+                           capture_output=True, check=False, text=True)
     assert check.returncode == 0, check.stderr
 
 
 def test_up_again_keeps_what_runs(sandbox):
-    box, _ = sandbox
+    box, _output = sandbox
     nginx_pid = box.nginx_pid()
     before = {p: p.read_bytes() for p in (box.db_env_file, box.inventory_dir / "group_vars/app/secrets.yml")}
     artifact_mtime = (box.artifacts / "shop-1.0.0.tar.gz").stat().st_mtime_ns
@@ -182,7 +186,7 @@ def test_up_again_keeps_what_runs(sandbox):
 
 
 def test_load_command_counts_failures(sandbox, tmp_path):
-    box, _ = sandbox
+    box, _output = sandbox
     out = tmp_path / "load.json"
     result = sandbox_cli(box.base, "load", "--rate", "20", "--duration", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -195,7 +199,7 @@ def test_load_command_counts_failures(sandbox, tmp_path):
 
 
 def test_down_stops_everything(sandbox):
-    box, _ = sandbox
+    box, _output = sandbox
     nginx_pid = box.nginx_pid()
     down = sandbox_cli(box.base, "down")
     assert down.returncode == 0, down.stderr

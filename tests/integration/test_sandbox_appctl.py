@@ -36,7 +36,7 @@ pytestmark = [
 
 def free_port(*addresses: str) -> int:
     """A port free on every one of ``addresses``."""
-    for _ in range(50):
+    for _attempt in range(50):
         with socket.socket() as probe:
             probe.bind((addresses[0], 0))
             port = probe.getsockname()[1]
@@ -85,7 +85,7 @@ def appctl_run(root: Path, bind: str | None, action: str, timeout: float = 90) -
     if bind:
         argv += ["--bind", bind]
     # capture_output + timeout: if gunicorn kept one of our pipes open, this would hang
-    return subprocess.run(argv + [action], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv + [action], capture_output=True, check=False, text=True, timeout=timeout)
 
 
 def get(host: str, port: int, path: str, timeout: float = 10) -> tuple[int, dict]:
@@ -157,7 +157,7 @@ def test_stop_lets_requests_in_flight_finish(host):
         except Exception as exc:  # recorded, asserted below
             results.append(exc)
 
-    threads = [threading.Thread(target=slow_request) for _ in range(3)]
+    threads = [threading.Thread(target=slow_request) for _index in range(3)]
     for thread in threads:
         thread.start()
     time.sleep(0.7)  # the three are being served now
@@ -209,7 +209,7 @@ def test_start_failures_say_what_to_fix(tmp_path, pg_database):
 def test_rolling_restart_behind_nginx_loses_no_request(tmp_path, pg_database):
     """Release 1 on three hosts behind the sandbox's nginx; under load: release 2's
     migrations, then host by host drain → switch → restart → undrain. Nothing fails."""
-    app_port = free_port(*(address for _, address in HOSTS))
+    app_port = free_port(*(address for _name, address in HOSTS))
     sandbox = Sandbox(tmp_path / "sandbox", lb_port=free_port("127.0.0.1"), app_port=app_port,
                       python=sys.executable)
     instances = []
@@ -218,7 +218,7 @@ def test_rolling_restart_behind_nginx_loses_no_request(tmp_path, pg_database):
             root = make_root(sandbox.hosts_dir / name, pg_database)
             instances.append((name, root, appctl.Instance(root, f"{address}:{app_port}")))
         migrate(instances[0][1] / "releases" / "1.0.0", pg_database)
-        for _, _, instance in instances:
+        for _name, _root, instance in instances:
             instance.start()
         sandbox.ensure_nginx()
         reload_nginx = sandbox.nginx_argv("-s", "reload")
@@ -242,7 +242,7 @@ def test_rolling_restart_behind_nginx_loses_no_request(tmp_path, pg_database):
         time.sleep(1)
         summary = load.stop()
     finally:
-        for _, _, instance in instances:
+        for _name, _root, instance in instances:
             instance.stop()
         sandbox.stop_nginx()
 

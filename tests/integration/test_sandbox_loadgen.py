@@ -112,7 +112,7 @@ def test_cli_writes_summary_and_refuses_other_hosts(server, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "devtools.loadgen", "--url", url(server), "--rate", "40", "--duration", "0.5",
          "--out", str(out), "--seed", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, check=False, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text()) == json.loads(result.stdout)
@@ -120,7 +120,7 @@ def test_cli_writes_summary_and_refuses_other_hosts(server, tmp_path):
 
     refused = subprocess.run(
         [sys.executable, "-m", "devtools.loadgen", "--url", "http://192.0.2.10:80", "--duration", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, check=False, text=True, timeout=60,
     )
     assert refused.returncode == 2 and "only targets loopback" in refused.stderr
     with pytest.raises(ValueError, match="rate must be"):

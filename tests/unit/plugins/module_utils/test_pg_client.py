@@ -42,8 +42,9 @@ class TestChildEnv:
         base = {"PGHOST": "envhost", "PGPORT": "6543", "PGUSER": "envuser", "PGPASSWORD": "envpw"}
         conn = Connection.from_params(params())
         env = conn.child_env(base=base)
-        assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGPASSWORD"]) == ("envhost", "6543", "envuser",
-                                                                                      "envpw")
+        assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGPASSWORD"]) == (
+            "envhost", "6543", "envuser", "envpw",
+        )
         assert conn.describe(base) == {"host": "envhost", "port": 6543, "database": "shop", "user": "envuser"}
 
     def test_explicit_passfile_beats_inherited_password(self):

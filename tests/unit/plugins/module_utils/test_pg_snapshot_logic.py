@@ -174,7 +174,7 @@ def test_snapshot_writes_verified_private_files(tmp_path):
 def test_password_only_in_environment_of_every_child(tmp_path):
     clients = FakeClients()
     run(tmp_path, clients)
-    assert {os.path.basename(argv[0]) for argv, _ in clients.calls} == {"psql", "pg_dump", "pg_restore"}
+    assert {os.path.basename(argv[0]) for argv, _env in clients.calls} == {"psql", "pg_dump", "pg_restore"}
     for argv, env in clients.calls:
         assert not any(SECRET in arg for arg in argv), argv
         assert env["PGPASSWORD"] == SECRET
@@ -185,7 +185,7 @@ def test_check_mode_writes_nothing(tmp_path):
     result = run(tmp_path, clients, check_mode=True)
     assert result["changed"] is True
     assert not (tmp_path / "snaps").exists()
-    assert [os.path.basename(argv[0]) for argv, _ in clients.calls] == ["psql", "psql"]
+    assert [os.path.basename(argv[0]) for argv, _env in clients.calls] == ["psql", "psql"]
 
 
 def test_second_run_is_reused_and_unchanged(tmp_path):
@@ -194,9 +194,9 @@ def test_second_run_is_reused_and_unchanged(tmp_path):
     second = run(tmp_path, clients)
     assert second["changed"] is False and second["reused"] is True
     assert second["sha256"] == first["sha256"]
-    assert not any(argv[0].endswith("pg_dump") for argv, _ in clients.calls)
+    assert not any(argv[0].endswith("pg_dump") for argv, _env in clients.calls)
     # still verified with pg_restore
-    assert any(argv[0].endswith("pg_restore") for argv, _ in clients.calls)
+    assert any(argv[0].endswith("pg_restore") for argv, _env in clients.calls)
 
 
 def test_corrupted_existing_snapshot_fails(tmp_path):

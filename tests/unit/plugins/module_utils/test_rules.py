@@ -269,7 +269,7 @@ def test_waiver_for_another_rule_does_not_apply():
     ],
 )
 def test_parse_waivers_errors(waiver, message):
-    _, errors = _rules.parse_waivers([waiver])
+    _waivers, errors = _rules.parse_waivers([waiver])
     assert len(errors) == 1 and message in errors[0]
 
 
