@@ -50,10 +50,12 @@ def link_collection() -> None:
 def run_playbook(inventory: Path, playbook: str, extra_vars: dict | None = None, *, check: bool = False,
                  log: Path | None = None, echo: bool = False, tags: str | None = None,
                  verbosity: int = 0) -> PlaybookRun:
-    """Run playbooks/<playbook>.yml; ``echo`` streams the output to our stdout as it comes."""
+    """Run playbooks/<playbook>.yml (or ``playbook`` itself when it is a path to a file);
+    ``echo`` streams the output to our stdout as it comes."""
     link_collection()
     bindir = Path(sys.executable).parent
-    argv = [str(bindir / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / f"{playbook}.yml")]
+    path = Path(playbook) if playbook.endswith(".yml") else REPO / "playbooks" / f"{playbook}.yml"
+    argv = [str(bindir / "ansible-playbook"), "-i", str(inventory), str(path)]
     if extra_vars:
         argv += ["-e", json.dumps(extra_vars)]
     if check:

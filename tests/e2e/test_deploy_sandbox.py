@@ -194,3 +194,30 @@ def test_check_mode_on_a_converged_fleet_reports_no_change(sandbox):
     run = deploy(sandbox, "2.0.0", check=True)
     assert run.rc == 0, explain(run)
     assert {host: counts["changed"] for host, counts in run.recap.items()} == {"app1": 0, "app2": 0, "app3": 0}
+
+
+def test_role_main_rolls_back_to_release_1_host_by_host_under_load(sandbox, db_env):
+    """App rollback by deploying the previous release with the role's main entry point:
+    release 1's code runs on release 2's (backward-compatible) schema, nothing is migrated."""
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        run = run_playbook(sandbox.inventory_dir / "hosts.ini", str(Path(__file__).with_name("role_main.yml")),
+                           {"release_version": "1.0.0",
+                            "release_artifact": str(sandbox.artifacts / "shop-1.0.0.tar.gz"),
+                            "release_report_dir": str(sandbox.base / "reports")},
+                           log=sandbox.base / "logs" / "role-main-1.0.0.log")
+    finally:
+        summary = load.stop()
+    assert run.rc == 0, explain(run)
+    assert summary["failed"] == 0, summary["failures_sample"]
+    assert run.task("Apply the pending migrations once")[0]["result"]["applied"] == []
+    assert applied_migrations(db_env)[2:] == RELEASE_2_MIGRATIONS
+    # one host at a time: each is switched, then proven healthy, before the next is switched
+    switch, prove = "Point current at the new release", "Prove the host healthy"
+    steps = [(switch if switch in r["task"] else prove, r["host"]) for r in run.results
+             if switch in r["task"] or prove in r["task"]]
+    hosts = [host for _step, host in steps[::2]]
+    assert sorted(hosts) == ["app1", "app2", "app3"]
+    assert steps == [step for host in hosts for step in ((switch, host), (prove, host))]
+    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
