@@ -7,9 +7,11 @@ previous one left, as an operator's sequence of deploys would.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
+import tarfile
 import urllib.request
 from pathlib import Path
 
@@ -127,9 +129,10 @@ def test_wrong_database_is_refused_before_any_change(sandbox, db_env):
 def test_health_url_that_never_turns_healthy_stops_in_preflight(sandbox):
     run = deploy(sandbox, "2.0.0", release_healthcheck_path="/no-such-health")
     assert run.rc != 0
-    failed = run.task("running release does not answer its health URL", status="failed")
-    assert {r["host"] for r in failed} == {"app1", "app2", "app3"}, explain(run)
-    assert "/no-such-health is not healthy on the release running now" in failed[0]["result"]["msg"]
+    failed = run.task("Fail when no running host answers its health URL", status="failed")
+    assert len(failed) == 1, explain(run)
+    assert "No host answers its health URL on the release running now" in failed[0]["result"]["msg"]
+    assert "/no-such-health" in failed[0]["result"]["msg"]
     assert current_links(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
     assert not run.task("Point current at the new release")
 
@@ -221,3 +224,49 @@ def test_role_main_rolls_back_to_release_1_host_by_host_under_load(sandbox, db_e
     assert sorted(hosts) == ["app1", "app2", "app3"]
     assert steps == [step for host in hosts for step in ((switch, host), (prove, host))]
     assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+
+
+def broken_artifact(sandbox: Sandbox, version: str) -> Path:
+    """Release 2.0.0's code under a new version whose WSGI module raises on import:
+    it stages, plans and migrates fine, but gunicorn cannot boot it."""
+    out = sandbox.artifacts / f"shop-{version}.tar.gz"
+    with tarfile.open(sandbox.artifacts / "shop-2.0.0.tar.gz") as source, tarfile.open(out, "w:gz") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else None
+            if member.name == "RELEASE":
+                data = f"{version}\n".encode()
+            elif member.name == "shopsite/wsgi.py":
+                data += b"\nraise RuntimeError('broken on purpose by the safedeploy e2e test')\n"
+            if data is not None:
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_a_release_that_cannot_boot_stops_the_rollout_at_the_first_host(sandbox):
+    """Fleet on 1.0.0 (after the previous test). 2.0.1 cannot boot: the rollout stops at the
+    first host, which stays drained; the other hosts keep 1.0.0 and nginx keeps serving."""
+    artifact = broken_artifact(sandbox, "2.0.1")
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        run = deploy(sandbox, "2.0.1", release_artifact=str(artifact), release_health_deadline=15)
+        after_failure = host_versions(sandbox)
+        drained = sandbox.drained_hosts()
+    finally:
+        summary = load.stop()
+    assert run.rc != 0
+    failed = run.task("Stop the rollout and say where the fleet stands", status="failed")
+    assert [r["host"] for r in failed] == ["app1"], explain(run)
+    assert "stays out of the load balancer" in failed[0]["result"]["msg"]
+    assert current_links(sandbox) == {"app1": "2.0.1", "app2": "1.0.0", "app3": "1.0.0"}
+    assert after_failure == {"app1": None, "app2": "1.0.0", "app3": "1.0.0"}
+    assert drained == ["app1"]
+    assert not run.task("Point current at the new release", status="ok")[1:], "no host after app1 was switched"
+    assert summary["failed"] == 0, summary["failures_sample"]
+
+    # recovery: deploy the good release again; app1 comes back and rejoins the pool
+    run = deploy(sandbox, "1.0.0")
+    assert run.rc == 0, explain(run)
+    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert sandbox.drained_hosts() == []
