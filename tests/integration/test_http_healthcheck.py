@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import ansible_task
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODULE = "safedeploy.django.http_healthcheck"
@@ -25,32 +27,11 @@ MODULE = "safedeploy.django.http_healthcheck"
 pytestmark = pytest.mark.slow
 
 
-def run_task(tmp_path: Path, module: str, args: dict, *, check: bool = False, verbosity: int = 0,
-             env: dict | None = None) -> tuple[dict, subprocess.CompletedProcess]:
-    """Run one task with ansible-playbook; return its registered result and the process."""
-    out = tmp_path / f"result-{len(list(tmp_path.glob('result-*')))}.json"
-    playbook = tmp_path / "play.yml"
-    play = [{
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [
-            {"name": "module under test", module: args, "register": "result", "ignore_errors": True},
-            {"name": "save result", "ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(out)},
-             "check_mode": False},
-        ],
-    }]
-    playbook.write_text(json.dumps(play))
-    argv = [str(BIN / "ansible-playbook"), str(playbook)] + (["--check"] if check else [])
-    if verbosity:
-        argv.append("-" + "v" * verbosity)
-    run_env = dict(os.environ)
-    run_env.update(ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-                   ANSIBLE_DEPRECATION_WARNINGS="0", no_proxy="127.0.0.1,localhost")
-    run_env.update(env or {})
-    proc = subprocess.run(argv, capture_output=True, check=False, text=True, env=run_env, cwd=tmp_path, timeout=120)
-    assert out.exists(), f"playbook did not finish:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(out.read_text()), proc
+def run_task(tmp_path: Path, module: str, args: dict, **kwargs) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run one task with ansible-playbook; the test servers are local, never through a proxy."""
+    kwargs.setdefault("env", {"no_proxy": "127.0.0.1,localhost"})
+    kwargs.setdefault("timeout", 120)
+    return ansible_task.run_task(tmp_path, module, args, **kwargs)
 
 
 class Script:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools import ansible_task
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODULE = "safedeploy.django.pg_snapshot"
@@ -26,37 +28,9 @@ MODULE = "safedeploy.django.pg_snapshot"
 pytestmark = pytest.mark.slow
 
 
-def run_task(tmp_path: Path, module: str, args: dict, *, check: bool = False, verbosity: int = 0,
-             task_env: dict | None = None) -> tuple[dict, subprocess.CompletedProcess]:
-    """Run one task with ansible-playbook; return its registered result and the process."""
-    out = tmp_path / f"result-{len(list(tmp_path.glob('result-*')))}.json"
-    playbook = tmp_path / "play.yml"
-    task = {"name": "module under test", module: args, "register": "result", "ignore_errors": True}
-    if task_env:
-        task["environment"] = task_env
-    play = [{
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [
-            task,
-            {"name": "save result", "ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(out)},
-             "check_mode": False},
-        ],
-    }]
-    playbook.write_text(json.dumps(play))
-    argv = [str(BIN / "ansible-playbook"), str(playbook)] + (["--check"] if check else [])
-    if verbosity:
-        argv.append("-" + "v" * verbosity)
-    env = dict(os.environ)
-    # the module must not depend on the caller's libpq environment
-    for key in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGPASSFILE"):
-        env.pop(key, None)
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_DEPRECATION_WARNINGS="0")
-    proc = subprocess.run(argv, capture_output=True, check=False, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert out.exists(), f"playbook did not finish:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(out.read_text()), proc
+def run_task(tmp_path: Path, module: str, args: dict, **kwargs) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run one task with ansible-playbook; the module must not depend on the caller's libpq environment."""
+    return ansible_task.run_task(tmp_path, module, args, clear_libpq=True, **kwargs)
 
 
 def conn_args(db: dict, **extra) -> dict:
