@@ -112,6 +112,23 @@ def test_first_deploy_installs_release_1_everywhere(sandbox, db_env):
     assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
 
 
+def test_plan_playbook_reports_release_2_and_applies_nothing(sandbox, db_env):
+    run = run_playbook(sandbox.inventory_dir / "hosts.ini", "plan",
+                       {"release_version": "2.0.0", "release_artifact": str(sandbox.artifacts / "shop-2.0.0.tar.gz")},
+                       log=sandbox.base / "logs" / "plan-2.0.0.log")
+    assert run.rc == 0, explain(run)
+    plan = run.task("Check for missing migrations and classify the pending ones")
+    assert len(plan) == 1 and plan[0]["delegated_to"] == "app1"
+    assert plan[0]["result"]["pending"] == RELEASE_2_MIGRATIONS
+    assert plan[0]["result"]["highest_risk"] == "medium" and not plan[0]["result"]["gate"]["blocked"]
+    assert "shop.0006_order_created_index" in "\n".join(run.task("Show the migration plan")[0]["result"]["msg"])
+    # nothing applied, nothing switched; only the migration host got the release staged
+    assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
+    assert current_links(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    staged = {name: (sandbox.hosts_dir / name / "releases" / "2.0.0").exists() for name, _address in HOSTS}
+    assert staged == {"app1": True, "app2": False, "app3": False}
+
+
 def test_wrong_database_is_refused_before_any_change(sandbox, db_env):
     run = deploy(sandbox, "2.0.0", release_expected_database="shop_staging")
     assert run.rc != 0
