@@ -79,12 +79,14 @@ _RULE_LIST = [
         "Add the column null=True (or with db_default), backfill, then add NOT NULL in a later release.",
     ),
     Rule(
-        "alter-field-set-not-null", "Existing column becomes NOT NULL", "medium",
-        "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock, and old code that writes NULL "
-        "starts failing.",
-        "Add a CHECK (col IS NOT NULL) NOT VALID constraint, VALIDATE it, then SET NOT NULL (PostgreSQL "
-        "12+ uses the validated constraint and skips the scan), once no running code writes NULL.",
-        level="postgresql", size_sensitive=True,
+        "alter-field-set-not-null", "Existing column becomes NOT NULL", "high",
+        "The column was nullable, so the old code still running during the rollout may write NULL into it: "
+        "those writes fail (backward-incompatible, whatever the table size). SET NOT NULL also scans the "
+        "whole table under an ACCESS EXCLUSIVE lock.",
+        "Release code that never writes NULL first; then add a CHECK (col IS NOT NULL) NOT VALID "
+        "constraint, VALIDATE it, and SET NOT NULL (PostgreSQL 12+ uses the validated constraint and skips "
+        "the scan) in a later release.",
+        level="postgresql",
     ),
     Rule(
         "remove-field", "Column removed", "high",
@@ -149,11 +151,43 @@ _RULE_LIST = [
         "Nothing to do.",
     ),
     Rule(
-        "non-atomic-migration", "Migration is not atomic", "low",
-        "A failure in the middle leaves the operations before it applied: the database is half-migrated "
-        "and the migration is not recorded.",
-        "Keep atomic migrations unless an operation needs it (CREATE INDEX CONCURRENTLY); keep such "
-        "migrations to that single operation.",
+        "non-atomic-migration", "Migration is not atomic (single step)", "low",
+        "atomic = False is what CONCURRENTLY needs; with a single step there is nothing to half-apply.",
+        "Nothing to do; keep such migrations to that single operation.",
+    ),
+    Rule(
+        "non-atomic-partial-apply", "Non-atomic migration with several steps", "medium",
+        "A failure in the middle leaves the steps before it applied and the migration unrecorded: the "
+        "next migrate fails on them (e.g. 'column already exists') and the deploy is stuck half-migrated.",
+        "Move the step that needs atomic = False (CONCURRENTLY) into a migration of its own; keep the "
+        "other steps atomic.",
+    ),
+    Rule(
+        "concurrently-in-atomic", "CONCURRENTLY inside an atomic migration", "medium",
+        "CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction block: the migration fails at "
+        "deploy (Django refuses AddIndexConcurrently when atomic, PostgreSQL refuses the raw SQL).",
+        "Set atomic = False on the migration and keep the concurrent operation alone in it.",
+    ),
+    Rule(
+        "dml-with-ddl", "Data change in the same transaction as DDL on an existing table", "medium",
+        "In an atomic migration the strong lock the DDL takes (ACCESS EXCLUSIVE for ALTER TABLE) is held "
+        "until COMMIT, i.e. for the whole duration of the RunPython / UPDATE that follows or precedes it.",
+        "Put schema changes and data changes in separate migrations (or run the backfill after the deploy).",
+        size_sensitive=True,
+    ),
+    Rule(
+        "several-strong-locks", "Several strong-lock statements in one transaction", "medium",
+        "Each lock is held until the migration commits: writes wait for the sum of all the steps, and "
+        "locks taken on several tables in an order the application does not use can deadlock.",
+        "Split the migration so that each lock-taking step commits on its own.",
+        size_sensitive=True,
+    ),
+    Rule(
+        "catalog-change", "SQL without a lock or size hazard", "low",
+        "The SQL only changes the catalog, creates new objects or works CONCURRENTLY (DROP NOT NULL, SET "
+        "DEFAULT, RENAME INDEX, a NOT VALID constraint, a new table, CREATE INDEX CONCURRENTLY ...): at "
+        "most a momentary lock, no scan or rewrite under a blocking lock, compatible with the old code.",
+        "Nothing to do.",
     ),
     # -- PostgreSQL level (SQL text) -------------------------------------------
     Rule(
@@ -183,6 +217,21 @@ _RULE_LIST = [
         "Add the constraint NOT VALID, then VALIDATE CONSTRAINT in a separate step (only a SHARE UPDATE "
         "EXCLUSIVE lock).",
         level="postgresql", size_sensitive=True,
+    ),
+    Rule(
+        "add-primary-key", "PRIMARY KEY added to an existing table", "medium",
+        "ADD PRIMARY KEY builds a unique index and checks NOT NULL on its columns under an ACCESS EXCLUSIVE "
+        "lock: reads and writes wait for a full scan and sort.",
+        "CREATE UNIQUE INDEX CONCURRENTLY, make the columns NOT NULL via a validated CHECK, then ADD "
+        "CONSTRAINT ... PRIMARY KEY USING INDEX.",
+        level="postgresql", size_sensitive=True,
+    ),
+    Rule(
+        "drop-index-blocking", "DROP INDEX without CONCURRENTLY", "medium",
+        "DROP INDEX takes an ACCESS EXCLUSIVE lock on the table: it waits behind every running query and "
+        "every query queues behind it; queries of the old code that used the index get slower.",
+        "Use RemoveIndexConcurrently (DROP INDEX CONCURRENTLY) in a migration with atomic = False.",
+        level="postgresql",
     ),
     Rule(
         "add-unique-constraint", "UNIQUE constraint built under lock", "medium",
@@ -215,12 +264,31 @@ _RE_SET_NOT_NULL = re.compile(r'\bALTER\s+COLUMN\s+"?(\w+)"?\s+SET\s+NOT\s+NULL\
 _RE_ADD_CONSTRAINT = re.compile(r"\bADD\s+CONSTRAINT\s+\S+\s+(FOREIGN\s+KEY|CHECK|UNIQUE|PRIMARY\s+KEY|EXCLUDE)", re.I)
 _RE_NOT_VALID = re.compile(r"\bNOT\s+VALID\b", re.I)
 _RE_DESTRUCTIVE = re.compile(
-    r"\b(DROP\s+(TABLE|COLUMN|SCHEMA|VIEW|INDEX)|TRUNCATE|RENAME\s+(COLUMN|TO)|ALTER\s+TABLE\s+\S+\s+RENAME)\b",
+    r"\b(DROP\s+(TABLE|COLUMN|SCHEMA|VIEW)|TRUNCATE|RENAME\s+(COLUMN|TO)|ALTER\s+TABLE\s+\S+\s+RENAME)\b",
     re.I,
 )
 _RE_DATA_CHANGE = re.compile(
     r'\b(UPDATE\s+(?:ONLY\s+)?"?([\w.]+)"?\s+SET|DELETE\s+FROM\s+(?:ONLY\s+)?"?([\w.]+)"?)', re.I
 )
+_RE_DROP_INDEX = re.compile(r"\bDROP\s+INDEX\s+(CONCURRENTLY\s+)?", re.I)
+_RE_CONCURRENTLY = re.compile(r"\b(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|REINDEX\b.*)\s+CONCURRENTLY\b", re.I | re.S)
+_RE_ADD_PRIMARY_KEY = re.compile(
+    r"\bADD\s+(CONSTRAINT\s+\S+\s+)?PRIMARY\s+KEY\b|\bADD\s+COLUMN\b[^;]*\bPRIMARY\s+KEY\b", re.I
+)
+_RE_INLINE_FK = re.compile(r"\bADD\s+COLUMN\b[^;]*\bREFERENCES\b", re.I)
+_RE_INLINE_UNIQUE = re.compile(r"\bADD\s+COLUMN\b[^;]*\bUNIQUE\b", re.I)
+_RE_VOLATILE_DEFAULT = re.compile(
+    r"\bADD\s+COLUMN\b[^;]*\bDEFAULT\b[^;]*\b(gen_random_uuid|uuid_generate_v\d\w*|random|clock_timestamp|"
+    r"timeofday|nextval)\s*\(",
+    re.I,
+)
+_RE_RENAME_COLUMN = re.compile(r"\bRENAME\s+COLUMN\b", re.I)
+# Rules whose verdict means "a lock that blocks writes, held while the statement works".
+_LOCK_RULES = {
+    "create-index-blocking", "alter-column-type", "alter-field-set-not-null", "add-constraint-validating",
+    "add-unique-constraint", "add-primary-key", "add-column-volatile-db-default", "drop-index-blocking",
+    "raw-sql-data-change",
+}
 _RE_VARCHAR = re.compile(r"^varchar\((\d+)\)$|^character varying\((\d+)\)$", re.I)
 
 
@@ -319,15 +387,29 @@ def judge_sql(
                 verdicts.append(verdict("alter-column-type", table=table, tables=tables, detail=_short(statement)))
         if _RE_SET_NOT_NULL.search(statement) and existing:
             verdicts.append(verdict("alter-field-set-not-null", table=table, tables=tables, detail=_short(statement)))
+        drop_index = _RE_DROP_INDEX.search(statement)
+        if drop_index and not drop_index.group(1):
+            verdicts.append(verdict("drop-index-blocking", detail=_short(statement)))
         constraint = _RE_ADD_CONSTRAINT.search(statement)
-        if constraint and existing:
+        if existing and _RE_ADD_PRIMARY_KEY.search(statement):
+            verdicts.append(verdict("add-primary-key", table=table, tables=tables, detail=_short(statement)))
+        elif existing and (_RE_INLINE_FK.search(statement) or _RE_INLINE_UNIQUE.search(statement)):
+            rule_id = "add-constraint-validating" if _RE_INLINE_FK.search(statement) else "add-unique-constraint"
+            verdicts.append(verdict(rule_id, table=table, tables=tables, detail=_short(statement)))
+        elif constraint and existing:
             kind = constraint.group(1).upper()
-            if kind.startswith("UNIQUE") or kind.startswith("PRIMARY") or kind.startswith("EXCLUDE"):
+            if kind.startswith("UNIQUE") or kind.startswith("EXCLUDE"):
                 verdicts.append(verdict("add-unique-constraint", table=table, tables=tables, detail=_short(statement)))
             elif not _RE_NOT_VALID.search(statement):
                 verdicts.append(
                     verdict("add-constraint-validating", table=table, tables=tables, detail=_short(statement))
                 )
+        if raw and existing and _RE_VOLATILE_DEFAULT.search(statement):
+            verdicts.append(
+                verdict("add-column-volatile-db-default", table=table, tables=tables, detail=_short(statement))
+            )
+        if not raw and existing and op and op.get("type") == "AlterField" and _RE_RENAME_COLUMN.search(statement):
+            verdicts.append(verdict("rename-field", table=table, tables=tables, detail=_short(statement)))
         if raw:
             if _RE_DESTRUCTIVE.search(statement):
                 verdicts.append(verdict("raw-sql-destructive", detail=_short(statement)))
@@ -368,10 +450,12 @@ def judge_operation(op: dict, tables: dict | None = None) -> list[dict]:
                 verdicts.append(verdict("add-column-volatile-db-default", table=table, tables=tables))
             else:
                 verdicts.append(verdict("add-column-db-default"))
-        elif field.get("has_default"):
+        elif field.get("has_default") or op.get("preserve_default") is False:
             verdicts.append(verdict("not-null-django-default", table=table, tables=tables))
         elif not field.get("primary_key"):
             verdicts.append(verdict("not-null-no-default", table=table, tables=tables))
+    elif kind == "RenameModel" and op.get("new_table") and op.get("new_table") == table:
+        pass  # Meta.db_table is kept: the table is not renamed (judged from its SQL, if any)
     elif kind in ("RemoveField", "DeleteModel", "RenameField", "RenameModel", "AlterModelTable"):
         if is_new:
             verdicts.append(verdict("drop-on-new-table", detail=f"{kind} on {table}"))
@@ -394,9 +478,13 @@ def judge_operation(op: dict, tables: dict | None = None) -> list[dict]:
     if op.get("sql_error"):
         verdicts.append(verdict("sql-depends-on-live-schema", detail=op["sql_error"]))
 
-    raw = kind == "RunSQL"
-    statements = (op.get("run_sql") or {}).get("sql", []) if raw else op.get("sql") or []
+    # SeparateDatabaseAndState's database operations are hand-picked: judge their SQL like raw SQL.
+    raw = kind in ("RunSQL", "SeparateDatabaseAndState")
+    statements = (op.get("run_sql") or {}).get("sql", []) if kind == "RunSQL" else op.get("sql") or []
     verdicts.extend(judge_sql(statements, new_tables, tables, raw=raw, op=op))
+
+    if not verdicts and kind != "RunPython" and any(s.strip() for s in statements):
+        verdicts.append(verdict("catalog-change"))
 
     if (
         not verdicts
@@ -407,6 +495,53 @@ def judge_operation(op: dict, tables: dict | None = None) -> list[dict]:
     ):
         verdicts.append(verdict("state-only"))
     return verdicts
+
+
+def _op_statements(op: dict) -> list[str]:
+    return list(op.get("sql") or []) + list((op.get("run_sql") or {}).get("sql") or [])
+
+
+def _biggest(names, tables: dict) -> str | None:
+    known = [n for n in names if n in tables]
+    if not known:
+        return next(iter(sorted(names)), None)
+    return max(known, key=lambda n: (tables[n].get("rows") or 0, tables[n].get("bytes") or 0))
+
+
+def _migration_verdicts(migration: dict, operations: list[dict], tables: dict) -> list[dict]:
+    """Rules about the migration as a whole (its transaction), from its judged operations."""
+    out = []
+    atomic = migration.get("atomic", True)
+    working = [op for op in operations if op.get("type") == "RunPython" or any(s.strip() for s in _op_statements(op))]
+    if not atomic:
+        rule_id = "non-atomic-partial-apply" if len(working) > 1 else "non-atomic-migration"
+        out.append(verdict(rule_id))
+        return out
+    if any(_RE_CONCURRENTLY.search(s) for op in operations for s in _op_statements(op)):
+        out.append(verdict("concurrently-in-atomic"))
+    # DDL on a table the old code uses + a data step, in one transaction.
+    ddl_tables: set[str] = set()
+    data_steps = 0
+    for op in operations:
+        existing = set(op.get("tables") or []) - set(op.get("new_tables") or [])
+        if op.get("type") == "RunPython" or any(v["rule"] == "raw-sql-data-change" for v in op["verdicts"]):
+            data_steps += 1
+        elif op.get("type") != "RunSQL" and op.get("sql") and existing:
+            ddl_tables |= existing
+    if data_steps and ddl_tables:
+        table = _biggest(ddl_tables, tables)
+        out.append(verdict("dml-with-ddl", table=table, tables=tables))
+    # Several lock-taking statements that do real work, held together until COMMIT.
+    lockers = [
+        op for op in operations
+        if any(v["rule"] in _LOCK_RULES and RISK_RANK[v["risk"]] >= RISK_RANK["medium"] for v in op["verdicts"])
+    ]
+    if len(lockers) > 1:
+        locked = set()
+        for op in lockers:
+            locked |= set(op.get("tables") or []) - set(op.get("new_tables") or [])
+        out.append(verdict("several-strong-locks", table=_biggest(locked, tables), tables=tables))
+    return out
 
 
 def judge_migration(migration: dict, tables: dict | None = None) -> dict:
@@ -428,8 +563,7 @@ def judge_migration(migration: dict, tables: dict | None = None) -> dict:
         sql.extend(op.get("sql") or [])
         if op.get("sql_error"):
             errors.append(f"operation {op.get('index')} ({op.get('type')}): {op['sql_error']}")
-    if not migration.get("atomic", True):
-        all_verdicts.append(dict(verdict("non-atomic-migration"), operation=None))
+    all_verdicts.extend(dict(v, operation=None) for v in _migration_verdicts(migration, operations, tables))
     result = dict(migration)
     result["operations"] = operations
     result["verdicts"] = all_verdicts

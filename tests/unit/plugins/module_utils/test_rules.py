@@ -72,7 +72,7 @@ CASES = {
             "sql": ['ALTER TABLE "shop_order" ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES c NOT VALID'],
             "reverse_sql_given": True,
         }),
-        {},
+        {"catalog-change": "low"},
     ),
     "check constraint": (
         op("AddConstraint", ['ALTER TABLE "shop_order" ADD CONSTRAINT "pos" CHECK ("qty" > 0);']),
@@ -85,7 +85,10 @@ CASES = {
     "blocking index": (
         op("AddIndex", ['CREATE INDEX "i" ON "shop_order" ("sku");']), {"create-index-blocking": "medium"},
     ),
-    "concurrent index": (op("AddIndexConcurrently", ['CREATE INDEX CONCURRENTLY "i" ON "shop_order" ("sku");']), {}),
+    "concurrent index": (
+        op("AddIndexConcurrently", ['CREATE INDEX CONCURRENTLY "i" ON "shop_order" ("sku");']),
+        {"catalog-change": "low"},
+    ),
     "type change": (
         op("AlterField", ['ALTER TABLE "shop_order" ALTER COLUMN "v" TYPE bigint USING "v"::bigint;'],
            field=field(db_type="bigint"), field_before=field(db_type="integer")),
@@ -103,7 +106,7 @@ CASES = {
     ),
     "set not null": (
         op("AlterField", ['ALTER TABLE "shop_order" ALTER COLUMN "s" SET NOT NULL;'], field=field()),
-        {"alter-field-set-not-null": "medium"},
+        {"alter-field-set-not-null": "high"},
     ),
     "RunPython without reverse": (
         op("RunPython", table=None, run_python={"code": "m.f", "reverse_code_given": False}),
@@ -199,7 +202,7 @@ def test_judge_migration_aggregates():
     rules = [(v["rule"], v["operation"]) for v in judged["verdicts"]]
     assert rules == [
         ("add-nullable-column", 0), ("run-sql-irreversible", 1), ("sql-depends-on-live-schema", 2),
-        ("non-atomic-migration", None),
+        ("non-atomic-partial-apply", None),
     ]
     assert [o["risk"] for o in judged["operations"]] == ["low", "medium", "medium"]
 
