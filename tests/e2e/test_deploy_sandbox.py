@@ -90,9 +90,13 @@ def current_links(sandbox: Sandbox) -> dict[str, str | None]:
     return links
 
 
+def connect(db_env: dict, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(host=db_env["PGHOST"], port=db_env["PGPORT"], user=db_env["PGUSER"],
+                           password=db_env["PGPASSWORD"], dbname=db_env["PGDATABASE"], **kwargs)
+
+
 def applied_migrations(db_env: dict) -> list[str]:
-    with psycopg.connect(host=db_env["PGHOST"], port=db_env["PGPORT"], user=db_env["PGUSER"],
-                         password=db_env["PGPASSWORD"], dbname=db_env["PGDATABASE"]) as conn:
+    with connect(db_env) as conn:
         rows = conn.execute("SELECT app || '.' || name FROM django_migrations WHERE app = 'shop' ORDER BY id")
         return [row[0] for row in rows]
 
@@ -243,21 +247,32 @@ def test_role_main_rolls_back_to_release_1_host_by_host_under_load(sandbox, db_e
     assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
 
 
-def broken_artifact(sandbox: Sandbox, version: str) -> Path:
-    """Release 2.0.0's code under a new version whose WSGI module raises on import:
-    it stages, plans and migrates fine, but gunicorn cannot boot it."""
+def derived_artifact(sandbox: Sandbox, version: str, edits: dict[str, object], added: dict[str, str] = ()) -> Path:
+    """Release 2.0.0's code under a new version: ``edits`` maps a file to a function of its
+    bytes, ``added`` maps new files to their text."""
     out = sandbox.artifacts / f"shop-{version}.tar.gz"
     with tarfile.open(sandbox.artifacts / "shop-2.0.0.tar.gz") as source, tarfile.open(out, "w:gz") as target:
         for member in source.getmembers():
             data = source.extractfile(member).read() if member.isfile() else None
             if member.name == "RELEASE":
                 data = f"{version}\n".encode()
-            elif member.name == "shopsite/wsgi.py":
-                data += b"\nraise RuntimeError('broken on purpose by the safedeploy e2e test')\n"
+            elif member.name in edits:
+                data = edits[member.name](data)
             if data is not None:
                 member.size = len(data)
             target.addfile(member, io.BytesIO(data) if data is not None else None)
+        for name, text in dict(added).items():
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(text.encode()), 0o644
+            target.addfile(member, io.BytesIO(text.encode()))
     return out
+
+
+def broken_artifact(sandbox: Sandbox, version: str) -> Path:
+    """A version whose WSGI module raises on import: it stages, plans and migrates fine,
+    but gunicorn cannot boot it."""
+    crash = b"\nraise RuntimeError('broken on purpose by the safedeploy e2e test')\n"
+    return derived_artifact(sandbox, version, {"shopsite/wsgi.py": lambda data: data + crash})
 
 
 def test_a_release_that_cannot_boot_stops_the_rollout_at_the_first_host(sandbox):
@@ -287,3 +302,74 @@ def test_a_release_that_cannot_boot_stops_the_rollout_at_the_first_host(sandbox)
     assert run.rc == 0, explain(run)
     assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
     assert sandbox.drained_hosts() == []
+
+
+INDEX_MIGRATION = """from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0007_backfill_descriptions")]
+
+    operations = [
+        migrations.AddIndex(model_name="order", index=models.Index(fields=["total"], name="shop_order_total_idx")),
+    ]
+"""
+
+
+def index_artifact(sandbox: Sandbox) -> Path:
+    """3.0.0: 2.0.0 plus a plain (blocking) CREATE INDEX on shop_order."""
+    def add_index(models_py: bytes) -> bytes:
+        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
+        assert old in models_py
+        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
+    return derived_artifact(sandbox, "3.0.0", {"shop/models.py": add_index},
+                            {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION})
+
+
+def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sandbox, db_env):
+    """Fleet on 1.0.0, schema at 0007. With a million orders, 3.0.0's plain CREATE INDEX
+    would block writes while it builds: the gate stops the deploy before any change, an
+    expired waiver does not count, a valid one lets it through."""
+    with connect(db_env, autocommit=True) as conn:
+        customer = conn.execute("INSERT INTO shop_customer (name, email, created_at) "
+                                "VALUES ('bulk', 'bulk@example.com', now()) RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO shop_order (customer_id, status, total, created_at) "
+                     "SELECT %s, 'new', g %% 1000, now() FROM generate_series(1, 1000000) AS g", (customer,))
+        conn.execute("ANALYZE shop_order")
+    artifact = str(index_artifact(sandbox))
+    migration = "shop.0008_order_total_index"
+    before = (applied_migrations(db_env), snapshot_files(sandbox), current_links(sandbox))
+
+    blocked = deploy(sandbox, "3.0.0", release_artifact=artifact)
+    assert blocked.rc != 0
+    plan = blocked.task("Check for missing migrations and classify the pending ones")[0]["result"]
+    assert plan["pending"] == [migration] and plan["highest_risk"] == "high", plan["gate"]
+    stop = blocked.task("Stop before any change when the plan is too risky", status="failed")
+    assert len(stop) == 1, explain(blocked)
+    assert migration in stop[0]["result"]["msg"]
+    rules = [v["rule"] for m in plan["plan"] for v in m["verdicts"] if v["risk"] == "high"]
+    assert rules, plan["plan"]
+
+    expired = deploy(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
+        {"migration": migration, "rule": rule, "reason": "approved for the 2024 sale", "expires": "2024-12-31"}
+        for rule in rules])
+    assert expired.rc != 0
+    gate = expired.task("Check for missing migrations and classify the pending ones")[0]["result"]["gate"]
+    assert gate["blocked"] and gate["expired_waivers"], gate
+    assert expired.task("Stop before any change when the plan is too risky", status="failed")
+    assert (applied_migrations(db_env), snapshot_files(sandbox), current_links(sandbox)) == before
+
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        waived = deploy(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
+            {"migration": migration, "rule": rule, "reason": "index build measured at 2 s on a copy; off-peak",
+             "expires": "2099-12-31"} for rule in rules])
+    finally:
+        summary = load.stop()
+    assert waived.rc == 0, explain(waived)
+    gate = waived.task("Check for missing migrations and classify the pending ones")[0]["result"]["gate"]
+    assert not gate["blocked"] and {w["migration"] for w in gate["waived"]} == {migration}, gate
+    assert applied_migrations(db_env)[-1] == migration
+    assert host_versions(sandbox) == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
+    assert summary["failed"] == 0, summary["failures_sample"]
