@@ -1,5 +1,7 @@
 # ruff: noqa: E501  (one-case corpus migration: its SQL and docstring stay on one line)
-"""Corpus case create_model_then_seed_runpython: Seeding a new table: the data step cannot be graded (medium), but it is not DML mixed with DDL on a live table."""
+"""Corpus case create_model_then_seed_runpython: Seeding a new table: the data step cannot be graded (medium),
+but it is not DML mixed with DDL on a live table.
+"""
 
 from django.db import migrations, models
 

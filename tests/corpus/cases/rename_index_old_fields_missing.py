@@ -1,5 +1,7 @@
 # ruff: noqa: E501  (one-case corpus migration: its SQL and docstring stay on one line)
-"""Corpus case rename_index_old_fields_missing: RenameIndex(old_fields=...) introspects the live schema; no such index exists: the migration will fail at deploy."""
+"""Corpus case rename_index_old_fields_missing: RenameIndex(old_fields=...) introspects the live schema; no such
+index exists: the migration will fail at deploy.
+"""
 
 from django.db import migrations
 

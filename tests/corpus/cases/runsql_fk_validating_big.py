@@ -12,5 +12,8 @@ CASE = {
 
 class Migration(migrations.Migration):
     operations = [
-        migrations.RunSQL('ALTER TABLE corpus_big ADD CONSTRAINT big_qty_fk FOREIGN KEY (qty) REFERENCES corpus_mid (id)', 'ALTER TABLE corpus_big DROP CONSTRAINT big_qty_fk'),
+        migrations.RunSQL(
+            'ALTER TABLE corpus_big ADD CONSTRAINT big_qty_fk FOREIGN KEY (qty) REFERENCES corpus_mid (id)',
+            'ALTER TABLE corpus_big DROP CONSTRAINT big_qty_fk',
+        ),
     ]
