@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export PATH := $(BIN):$(PATH)
 
-.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean
+.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy
 
 deps: $(VENV)/.installed .build/collections/ansible_collections/safedeploy/django
 	@bash devtools/system-deps.sh
@@ -33,6 +33,13 @@ test: deps
 
 lint sanity unit integration e2e: deps
 	bash devtools/run-tests.sh $@
+
+# Benchmarks print ratios against baselines measured in the same run (see benchmarks/).
+bench-plan-speed: deps
+	$(BIN)/python benchmarks/plan_speed/run.py
+
+bench-accuracy: deps
+	$(BIN)/python benchmarks/accuracy/run.py
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .

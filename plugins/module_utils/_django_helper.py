@@ -364,6 +364,132 @@ def _tables_in_sql(statements: list[str]) -> set[str]:
     return found
 
 
+# Operations that change one model only in ways no other model's class can see
+# (its own non-key fields, options, indexes, constraints): after them only that
+# model is re-rendered. Django re-renders every related model too (for the User
+# or wagtail's Page that is most of the project), which is most of a walk's time.
+_MODEL_LOCAL_OPERATIONS = {
+    "CreateModel", "AddField", "AlterField", "RemoveField", "AlterModelOptions", "AlterModelManagers",
+    "AddIndex", "RemoveIndex", "RenameIndex", "AddConstraint", "RemoveConstraint", "AlterConstraint",
+    "AlterUniqueTogether", "AlterIndexTogether", "AlterModelTableComment", "RenameField",
+}
+
+
+def _base_label(base):
+    """'app_label.model_name' of a concrete model base (a model state's bases), else None."""
+    if isinstance(base, str):
+        return base.lower()
+    meta = getattr(base, "_meta", None)
+    if meta is None or meta.abstract:
+        return None
+    return f"{meta.app_label}.{meta.model_name}"
+
+
+def _model_local_key(op, app_label, state):
+    """The model an operation changes, when re-rendering that model alone keeps every class exact."""
+    try:
+        return _model_local_key_unchecked(op, app_label, state)
+    except Exception:  # noqa: BLE001 - another Django version or a custom operation: Django's own way
+        return None
+
+
+def _model_local_key_unchecked(op, app_label, state):
+    from django.db.migrations.utils import field_is_referenced  # Django >= 4.0
+
+    if not hasattr(state, "_reload"):
+        return None
+    kind = type(op).__name__
+    if kind not in _MODEL_LOCAL_OPERATIONS or type(op).__module__.split(".")[:3] != ["django", "db", "migrations"]:
+        return None
+    name = getattr(op, "model_name_lower", None) or getattr(op, "name_lower", None)
+    if not name:
+        return None
+    key = (app_label, name)
+    if kind == "CreateModel":
+        bases = op.bases
+    elif key in state.models:
+        bases = state.models[key].bases
+    else:
+        return None
+    if op.__dict__.get("options", {}).get("proxy") or any(_base_label(base) for base in bases):
+        return None  # a proxy or a multi-table child: its class embeds its parent's
+    label = f"{app_label}.{name}"
+    for model_state in state.models.values():
+        if any(_base_label(base) == label for base in model_state.bases):
+            return None  # our children's classes embed ours
+    if kind == "CreateModel":
+        return key
+    if kind in ("AddField", "AlterField", "RemoveField", "RenameField"):
+        old_name = op.old_name if kind == "RenameField" else op.name
+        old = state.models[key].fields.get(old_name)
+        new = getattr(op, "field", None)
+        for field in (old, new):
+            if field is not None and (field.primary_key or (field.is_relation and field.many_to_many)):
+                return None
+        if old is not None and field_is_referenced(state, key, (old_name, old)):
+            return None  # another model points at this field (to_field, from_fields)
+        if kind == "AlterField" and old is not None and old.db_column != new.db_column:
+            return None
+    return key
+
+
+def _state_forwards(op, app_label, state):
+    """Apply ``op`` to the rendered ``state`` like Migration.apply does; return the state before it.
+
+    A model-local operation re-renders its model only, and the returned state
+    shares the model states it does not change (Django clones them all).
+    """
+    from django.db import migrations
+
+    exact_type = type(op)  # not a subclass: it may change the state
+    if (
+        "apps" in state.__dict__
+        and exact_type in (migrations.RunPython, migrations.RunSQL)
+        and not getattr(op, "state_operations", None)
+    ):
+        old_state = _clone_state(state, None)  # their state_forwards changes nothing
+        op.state_forwards(app_label, state)
+        return old_state
+    key = _model_local_key(op, app_label, state) if "apps" in state.__dict__ else None
+    if key is None:
+        old_state = state.clone()
+        op.state_forwards(app_label, state)
+        return old_state
+    old_state = _clone_state(state, key)
+    apps = state.__dict__.pop("apps")
+    try:
+        op.state_forwards(app_label, state)  # unrendered: only the model state of ``key`` changes
+    finally:
+        state.__dict__["apps"] = apps
+    state._reload({key})
+    return old_state
+
+
+def _clone_state(state, key):
+    """ProjectState.clone() that copies only the model state of ``key``, the one about to change."""
+    from collections import defaultdict
+
+    from django.db.migrations.state import AppConfigStub, ProjectState, StateApps
+
+    model_states = dict(state.models)
+    if key in model_states:
+        model_states[key] = model_states[key].clone()
+    clone = ProjectState(models=model_states, real_apps=state.real_apps)
+    clone.is_delayed = state.is_delayed
+    # StateApps.clone(), with dict copies where it deep-copies a mapping of classes (copied by reference).
+    apps = state.apps
+    new_apps = StateApps([], {})
+    new_apps.all_models = defaultdict(dict, {label: dict(classes) for label, classes in apps.all_models.items()})
+    for app_label in apps.app_configs:
+        app_config = AppConfigStub(app_label)
+        app_config.apps = new_apps
+        app_config.import_models()
+        new_apps.app_configs[app_label] = app_config
+    new_apps.real_models = apps.real_models
+    clone.apps = new_apps
+    return clone
+
+
 def _walk_plan(executor, plan, connection) -> list[dict]:
     """Collect facts and SQL for every operation of ``plan`` in one forward pass.
 
@@ -371,7 +497,8 @@ def _walk_plan(executor, plan, connection) -> list[dict]:
     operation whose SQL cannot be rendered (it introspects the live schema) is
     recorded with ``sql_error`` instead of stopping the walk; state_forwards has
     already run for it, so the following operations see the right state.
-    The ProjectState is carried forward; it is never rebuilt per migration.
+    The ProjectState is carried forward; it is never rebuilt per migration, and
+    after a model-local operation only that model is re-rendered (_state_forwards).
     """
     # What migrate itself starts from: unmigrated apps + applied migrations.
     state = executor._create_project_state(with_applied_migrations=True)
@@ -391,8 +518,7 @@ def _walk_plan(executor, plan, connection) -> list[dict]:
             for index, op in enumerate(migration.operations):
                 before = len(editor.collected_sql)
                 deferred_before = {id(s) for s in editor.deferred_sql}
-                old_state = state.clone()
-                op.state_forwards(app_label, state)
+                old_state = _state_forwards(op, app_label, state)
                 sql_error = None
                 if op.reduces_to_sql:
                     try:
