@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 
 from ansible_collections.safedeploy.django.plugins.module_utils import _django_helper
+from ansible_collections.safedeploy.django.plugins.module_utils._secrets import scrub
 
 COMMON_ARGUMENT_SPEC = dict(
     project_path=dict(type="path", required=True, aliases=["app_path", "chdir"]),
@@ -36,7 +37,6 @@ COMMON_MUTUALLY_EXCLUSIVE = [("virtualenv", "python")]
 # Environment variable names whose values are secrets (masked everywhere).
 FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "none", "null"}
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|URL|DSN", re.I)  # *_URL / *_DSN may embed a password
-MASK = "********"
 _SETTINGS_IN_MANAGE = re.compile(
     r"""os\.environ\.setdefault\(\s*["']DJANGO_SETTINGS_MODULE["']\s*,\s*["']([\w.]+)["']\s*\)"""
 )
@@ -83,21 +83,6 @@ def _maskable(value: str) -> bool:
     in the result (an address, a system identifier), and corrupt values compared later."""
     short_number = value.isdigit() and len(value) <= 5
     return len(value) >= 3 and not short_number and value.lower() not in FLAG_WORDS
-
-
-def scrub(value, secrets: list[str]):
-    """Replace every secret in strings inside ``value`` (recursively) with ``********``."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {key: scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(item, secrets) for item in value]
-    return value
 
 
 def register_secrets(module) -> list[str]:

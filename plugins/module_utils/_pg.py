@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 DEFAULT_PORT = 5432
 DEFAULT_CONNECT_TIMEOUT = 10
-MASK = "********"
 
 # Where distributions put versioned client binaries, newest picked first.
 CLIENT_BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql-*/bin")
@@ -136,14 +135,6 @@ def _current_os_user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except (ImportError, KeyError):
         return "(current user)"
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value in text (belt and braces: Ansible masks no_log values too)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
 
 
 # -- running clients ------------------------------------------------------------------

@@ -33,10 +33,10 @@ from ansible_collections.safedeploy.django.plugins.module_utils._pg import (
     find_psql,
     probe_server,
     run_client,
-    scrub,
     select_client_tools,
     tail,
 )
+from ansible_collections.safedeploy.django.plugins.module_utils._secrets import scrub
 
 MANIFEST_FORMAT = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")

@@ -13,9 +13,9 @@ from ansible_collections.safedeploy.django.plugins.module_utils._pg import (
     classify_connection_error,
     parse_client_version,
     psql_argv,
-    scrub,
     select_client_tools,
 )
+from ansible_collections.safedeploy.django.plugins.module_utils._secrets import scrub
 
 SECRET = "Sup3r-s3cret-pw"
 TARGET = {"host": "db.example", "port": 5432, "database": "shop", "user": "shop_app"}
