@@ -56,10 +56,21 @@ def find_bindir() -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(*addresses: str) -> int:
+    """A TCP port free on every one of ``addresses`` (default: 127.0.0.1)."""
+    addresses = addresses or ("127.0.0.1",)
+    for _attempt in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((addresses[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for address in addresses[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+                    other.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on every one of {', '.join(addresses)}")
 
 
 def _service_user() -> str | None:

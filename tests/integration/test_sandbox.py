@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devtools.pgcluster import free_port
 from devtools.sandbox import HOSTS, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,12 +30,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")), reason="nginx missing"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def sandbox_cli(base: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

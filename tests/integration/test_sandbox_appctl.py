@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from devtools import appctl, build_release, loadgen
+from devtools.pgcluster import free_port
 from devtools.sandbox import HOSTS, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,22 +33,6 @@ pytestmark = [
     pytest.mark.skipif(not (Path(sys.prefix) / "bin" / "gunicorn").exists(),
                        reason="gunicorn is not installed in the test interpreter's environment"),
 ]
-
-
-def free_port(*addresses: str) -> int:
-    """A port free on every one of ``addresses``."""
-    for _attempt in range(50):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as other:
-                    other.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no common free port")
 
 
 def make_root(base: Path, env: dict[str, str], versions=("1.0.0", "2.0.0"), current="1.0.0") -> Path:
