@@ -14,38 +14,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from devtools.loadgen import LoadGenerator
-from devtools.playbook import run_playbook
-from devtools.sandbox import DEFAULT_DIR, HOSTS, Sandbox
+from devtools.playbook import PlaybookRun, deploy_release
+from devtools.sandbox import DEFAULT_DIR, Sandbox
 
 FIRST, SECOND = "1.0.0", "2.0.0"
 
 
-def host_versions(sandbox: Sandbox) -> dict[str, str | None]:
-    """What each host's /healthz says it serves (None: not answering)."""
-    versions = {}
-    for name, address in HOSTS:
-        try:
-            with urllib.request.urlopen(f"http://{address}:{sandbox.app_port}/healthz", timeout=3) as response:
-                versions[name] = json.load(response).get("version")
-        except (OSError, ValueError):
-            versions[name] = None
-    return versions
-
-
-def deploy(sandbox: Sandbox, version: str, **extra) -> object:
-    extra_vars = {
-        "release_version": version,
-        "release_artifact": str(sandbox.artifacts / f"shop-{version}.tar.gz"),
-        "release_report_dir": str(sandbox.base / "reports"),
-        **extra,
-    }
+def deploy(sandbox: Sandbox, version: str) -> PlaybookRun:
     print(f"\n=== ansible-playbook playbooks/deploy.yml -e release_version={version}  (log: .sandbox/logs)\n")
-    run = run_playbook(sandbox.inventory_dir / "hosts.ini", "deploy", extra_vars, echo=True,
-                       log=sandbox.base / "logs" / f"deploy-{version}.log")
+    run = deploy_release(sandbox, version, echo=True)
     if run.rc != 0:
         raise SystemExit(f"deploy of {version} failed (rc={run.rc}); see {run.log}")
     return run
@@ -74,7 +54,7 @@ def print_summary(sandbox: Sandbox, run, load: dict, seconds: float) -> None:
     print(f"migrations  : {len(applied)} applied once, on {migrate_host(run) or 'no host'}")
     for item in applied:
         print(f"              {item['id']}  {item['seconds']:.2f}s")
-    versions = host_versions(sandbox)
+    versions = sandbox.served_versions()
     for name, version in versions.items():
         print(f"host {name:<7}: serves {version or 'NOTHING'} ({report['hosts'].get(name)})")
     changed = ", ".join(f"{host}={counts['changed']}" for host, counts in sorted(run.recap.items()))
@@ -93,7 +73,7 @@ def main() -> int:
     started = time.monotonic()
     sandbox = Sandbox(DEFAULT_DIR)
     sandbox.up()
-    if not any(host_versions(sandbox).values()):
+    if not any(sandbox.served_versions().values()):
         deploy(sandbox, FIRST)
     load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=30, duration=900)
     load.start()

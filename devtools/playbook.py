@@ -101,3 +101,16 @@ def run_playbook(inventory: Path, playbook: str, extra_vars: dict | None = None,
         if match:
             recap[match["host"]] = {k: int(v) for k, v in match.groupdict().items() if k != "host"}
     return PlaybookRun(rc=rc, output=output, results=results, recap=recap, log=log)
+
+
+def deploy_release(sandbox, version: str, *, check: bool = False, verbosity: int = 0, echo: bool = False,
+                   **extra_vars) -> PlaybookRun:
+    """playbooks/deploy.yml of ``version`` on a devtools.sandbox.Sandbox, logged under its logs/."""
+    extra_vars = {
+        "release_version": version,
+        "release_artifact": str(sandbox.artifacts / f"shop-{version}.tar.gz"),
+        "release_report_dir": str(sandbox.base / "reports"),
+        **extra_vars,
+    }
+    return run_playbook(sandbox.inventory_dir / "hosts.ini", "deploy", extra_vars, check=check, echo=echo,
+                        verbosity=verbosity, log=sandbox.base / "logs" / f"deploy-{version}.log")

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from devtools import appctl, build_release, loadgen
@@ -333,6 +334,18 @@ class Sandbox:
         _write_private(group_vars / "secrets.yml", "\n".join(secret_vars) + "\n")
 
     # -- status / down -----------------------------------------------------------
+    def served_versions(self, timeout: float = 5) -> dict[str, str | None]:
+        """What each host's /healthz says it serves (None: not answering, or not JSON)."""
+        versions = {}
+        for name, address in HOSTS:
+            try:
+                url = f"http://{address}:{self.app_port}/healthz"
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    versions[name] = json.load(response).get("version")
+            except (OSError, ValueError):
+                versions[name] = None
+        return versions
+
     def app_instances(self) -> list[tuple[str, str, appctl.Instance]]:
         return [(name, address, appctl.Instance(self.hosts_dir / name, f"{address}:{self.app_port}"))
                 for name, address in HOSTS]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -20,7 +18,7 @@ import pytest
 
 from devtools.loadgen import LoadGenerator
 from devtools.pgcluster import Cluster, free_port
-from devtools.playbook import run_playbook
+from devtools.playbook import deploy_release, run_playbook
 from devtools.sandbox import HOSTS, Sandbox, _read_env
 
 pytestmark = pytest.mark.slow
@@ -34,22 +32,10 @@ RELEASE_2_MIGRATIONS = [
 ]
 
 
-def _port_free_on_all_hosts() -> int:
-    for _attempt in range(50):
-        port = free_port()
-        try:
-            for _name, address in HOSTS:
-                with socket.socket() as sock:
-                    sock.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every sandbox address")
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    box = Sandbox(tmp_path_factory.mktemp("sandbox"), lb_port=free_port(), app_port=_port_free_on_all_hosts())
+    app_port = free_port(*(address for _name, address in HOSTS))
+    box = Sandbox(tmp_path_factory.mktemp("sandbox"), lb_port=free_port(), app_port=app_port)
     box.up(log=lambda *_: None)
     yield box
     box.down(purge=True, log=lambda *_: None)
@@ -58,28 +44,6 @@ def sandbox(tmp_path_factory):
 @pytest.fixture(scope="module")
 def db_env(sandbox):
     return _read_env(sandbox.db_env_file)
-
-
-def deploy(sandbox: Sandbox, version: str, *, check: bool = False, verbosity: int = 0, **extra):
-    extra_vars = {
-        "release_version": version,
-        "release_artifact": str(sandbox.artifacts / f"shop-{version}.tar.gz"),
-        "release_report_dir": str(sandbox.base / "reports"),
-        **extra,
-    }
-    return run_playbook(sandbox.inventory_dir / "hosts.ini", "deploy", extra_vars, check=check,
-                        verbosity=verbosity, log=sandbox.base / "logs" / f"deploy-{version}.log")
-
-
-def host_versions(sandbox: Sandbox) -> dict[str, str | None]:
-    versions = {}
-    for name, address in HOSTS:
-        try:
-            with urllib.request.urlopen(f"http://{address}:{sandbox.app_port}/healthz", timeout=5) as response:
-                versions[name] = json.load(response)["version"]
-        except OSError:
-            versions[name] = None
-    return versions
 
 
 def current_links(sandbox: Sandbox) -> dict[str, str | None]:
@@ -110,9 +74,9 @@ def explain(run) -> str:
 
 
 def test_first_deploy_installs_release_1_everywhere(sandbox, db_env):
-    run = deploy(sandbox, "1.0.0")
+    run = deploy_release(sandbox, "1.0.0")
     assert run.rc == 0, explain(run)
-    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert sandbox.served_versions() == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
     assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
 
 
@@ -134,7 +98,7 @@ def test_plan_playbook_reports_release_2_and_applies_nothing(sandbox, db_env):
 
 
 def test_wrong_database_is_refused_before_any_change(sandbox, db_env):
-    run = deploy(sandbox, "2.0.0", release_expected_database="shop_staging")
+    run = deploy_release(sandbox, "2.0.0", release_expected_database="shop_staging")
     assert run.rc != 0
     refused = run.task("Confirm the target database", status="failed")
     assert len(refused) == 1, explain(run)
@@ -144,11 +108,11 @@ def test_wrong_database_is_refused_before_any_change(sandbox, db_env):
     assert applied_migrations(db_env) == ["shop.0001_initial", "shop.0002_seed_products"]
     assert not any(name.startswith("predeploy-shop-2.0.0") for name in snapshot_files(sandbox))
     assert current_links(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
-    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert sandbox.served_versions() == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
 
 
 def test_health_url_that_never_turns_healthy_stops_in_preflight(sandbox):
-    run = deploy(sandbox, "2.0.0", release_healthcheck_path="/no-such-health")
+    run = deploy_release(sandbox, "2.0.0", release_healthcheck_path="/no-such-health")
     assert run.rc != 0
     failed = run.task("Fail when no running host answers its health URL", status="failed")
     assert len(failed) == 1, explain(run)
@@ -162,7 +126,7 @@ def test_release_2_rolls_out_under_load_with_zero_failed_requests(sandbox, db_en
     load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
     load.start()
     try:
-        run = deploy(sandbox, "2.0.0")
+        run = deploy_release(sandbox, "2.0.0")
     finally:
         summary = load.stop()
     assert run.rc == 0, explain(run)
@@ -184,7 +148,7 @@ def test_release_2_rolls_out_under_load_with_zero_failed_requests(sandbox, db_en
     # the hosts were switched one at a time, each proven healthy before the next
     order = [r["host"] for r in run.results if "Prove the host healthy" in r["task"]]
     assert order == ["app1", "app2", "app3"]
-    assert host_versions(sandbox) == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
+    assert sandbox.served_versions() == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
     assert current_links(sandbox) == {"app1": "2.0.0", "app2": "2.0.0", "app3": "2.0.0"}
 
     # a verified snapshot exists, lists the application's tables, and is private
@@ -204,7 +168,7 @@ def test_release_2_rolls_out_under_load_with_zero_failed_requests(sandbox, db_en
 
 def test_second_deploy_of_the_same_release_changes_nothing(sandbox, db_env):
     before = snapshot_files(sandbox)
-    run = deploy(sandbox, "2.0.0", verbosity=3)
+    run = deploy_release(sandbox, "2.0.0", verbosity=3)
     assert run.rc == 0, explain(run)
     assert {host: counts["changed"] for host, counts in run.recap.items()} == {"app1": 0, "app2": 0, "app3": 0}
     assert run.task("Apply the pending migrations once")[0]["result"]["applied"] == []
@@ -215,7 +179,7 @@ def test_second_deploy_of_the_same_release_changes_nothing(sandbox, db_env):
 
 
 def test_check_mode_on_a_converged_fleet_reports_no_change(sandbox):
-    run = deploy(sandbox, "2.0.0", check=True)
+    run = deploy_release(sandbox, "2.0.0", check=True)
     assert run.rc == 0, explain(run)
     assert {host: counts["changed"] for host, counts in run.recap.items()} == {"app1": 0, "app2": 0, "app3": 0}
 
@@ -244,7 +208,7 @@ def test_role_main_rolls_back_to_release_1_host_by_host_under_load(sandbox, db_e
     hosts = [host for _step, host in steps[::2]]
     assert sorted(hosts) == ["app1", "app2", "app3"]
     assert steps == [step for host in hosts for step in ((switch, host), (prove, host))]
-    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert sandbox.served_versions() == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
 
 
 def derived_artifact(sandbox: Sandbox, version: str, edits: dict[str, object], added: dict[str, str] = ()) -> Path:
@@ -282,8 +246,8 @@ def test_a_release_that_cannot_boot_stops_the_rollout_at_the_first_host(sandbox)
     load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
     load.start()
     try:
-        run = deploy(sandbox, "2.0.1", release_artifact=str(artifact), release_health_deadline=15)
-        after_failure = host_versions(sandbox)
+        run = deploy_release(sandbox, "2.0.1", release_artifact=str(artifact), release_health_deadline=15)
+        after_failure = sandbox.served_versions()
         drained = sandbox.drained_hosts()
     finally:
         summary = load.stop()
@@ -298,9 +262,9 @@ def test_a_release_that_cannot_boot_stops_the_rollout_at_the_first_host(sandbox)
     assert summary["failed"] == 0, summary["failures_sample"]
 
     # recovery: deploy the good release again; app1 comes back and rejoins the pool
-    run = deploy(sandbox, "1.0.0")
+    run = deploy_release(sandbox, "1.0.0")
     assert run.rc == 0, explain(run)
-    assert host_versions(sandbox) == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
+    assert sandbox.served_versions() == {"app1": "1.0.0", "app2": "1.0.0", "app3": "1.0.0"}
     assert sandbox.drained_hosts() == []
 
 
@@ -340,7 +304,7 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     migration = "shop.0008_order_total_index"
     before = (applied_migrations(db_env), snapshot_files(sandbox), current_links(sandbox))
 
-    blocked = deploy(sandbox, "3.0.0", release_artifact=artifact)
+    blocked = deploy_release(sandbox, "3.0.0", release_artifact=artifact)
     assert blocked.rc != 0
     plan = blocked.task("Check for missing migrations and classify the pending ones")[0]["result"]
     assert plan["pending"] == [migration] and plan["highest_risk"] == "high", plan["gate"]
@@ -350,7 +314,7 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     rules = [v["rule"] for m in plan["plan"] for v in m["verdicts"] if v["risk"] == "high"]
     assert rules, plan["plan"]
 
-    expired = deploy(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
+    expired = deploy_release(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
         {"migration": migration, "rule": rule, "reason": "approved for the 2024 sale", "expires": "2024-12-31"}
         for rule in rules])
     assert expired.rc != 0
@@ -362,7 +326,7 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
     load.start()
     try:
-        waived = deploy(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
+        waived = deploy_release(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
             {"migration": migration, "rule": rule, "reason": "index build measured at 2 s on a copy; off-peak",
              "expires": "2099-12-31"} for rule in rules])
     finally:
@@ -371,5 +335,5 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     gate = waived.task("Check for missing migrations and classify the pending ones")[0]["result"]["gate"]
     assert not gate["blocked"] and {w["migration"] for w in gate["waived"]} == {migration}, gate
     assert applied_migrations(db_env)[-1] == migration
-    assert host_versions(sandbox) == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
+    assert sandbox.served_versions() == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
     assert summary["failed"] == 0, summary["failures_sample"]
