@@ -1,5 +1,9 @@
 """Write docs/rules.md from the rule registry in plugins/module_utils/_rules.py.
 
+Each rule's example is the migration that tests it: the corpus case (tests/corpus/cases/)
+labelled with that rule alone when there is one, or for the data and rollback rules the
+test project migration listed in EXTRA_EXAMPLES.
+
     python devtools/gen_rules_doc.py           # rewrite docs/rules.md
     python devtools/gen_rules_doc.py --check   # exit 1 if docs/rules.md is out of date
 """
@@ -7,13 +11,55 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_PY = REPO / "plugins" / "module_utils" / "_rules.py"
 TARGET = REPO / "docs" / "rules.md"
+CASES = REPO / "tests" / "corpus" / "cases"
+# Rules that the forward corpus cannot show: (file, what the test does with it).
+EXTRA_EXAMPLES: dict[str, tuple[str, str]] = {}
+
+
+def operations_source(path: Path) -> str | None:
+    """The ``operations = [...]`` (and ``atomic``) lines of the Migration class in ``path``."""
+    text = path.read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Migration":
+            parts = [
+                textwrap.dedent(" " * item.col_offset + (ast.get_source_segment(text, item) or ""))
+                for item in node.body
+                if isinstance(item, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id in ("operations", "atomic") for t in item.targets)
+            ]
+            return "\n".join(p for p in parts if p) or None
+    return None
+
+
+def corpus_examples(rule_ids) -> dict[str, str]:
+    sys.path.insert(0, str(REPO))
+    from tests.corpus import corpus
+
+    examples = {}
+    cases = corpus.load_cases()
+    for rule_id in rule_ids:
+        matching = [c for c in cases if rule_id in c["rules"]]
+        if not matching:
+            continue
+        case = min(matching, key=lambda c: (len(c["rules"]), c["case"]))
+        body = operations_source(CASES / f"{case['case']}.py")
+        if body:
+            header = f"# tests/corpus/cases/{case['case']}.py - graded {case['risk']}: {case['why']}"
+            examples[rule_id] = header + "\n" + body
+    for rule_id, (relative, note) in EXTRA_EXAMPLES.items():
+        body = operations_source(REPO / relative)
+        if body and rule_id in rule_ids:
+            examples[rule_id] = f"# {relative} - {note}\n{body}"
+    return examples
 
 
 def load_rules():
@@ -29,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if docs/rules.md is not up to date")
     args = parser.parse_args(argv)
-    text = load_rules().rules_markdown()
+    rules = load_rules()
+    text = rules.rules_markdown(corpus_examples(list(rules.RULES)))
     if args.check:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
         if current != text:

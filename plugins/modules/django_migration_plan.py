@@ -60,8 +60,11 @@ options:
     default: medium
   waivers:
     description:
-      - Accepted risks. A waiver lets one migration (optionally one rule of it) through the gate until it expires.
-      - An expired waiver is not applied; it is listed in RV(gate.expired_waivers).
+      - Accepted risks. A waiver lets one rule of one migration through the gate until it expires.
+      - A waiver counts only when it has all of O(waivers[].migration), O(waivers[].rule),
+        O(waivers[].reason), O(waivers[].approved_by) and a valid O(waivers[].expires). An expired or incomplete
+        waiver does not count; it is listed in RV(gate.expired_waivers) or RV(gate.invalid_waivers) (with what
+        is wrong) and the report says so.
     type: list
     elements: dict
     default: []
@@ -69,18 +72,76 @@ options:
       migration:
         description: The migration, as V(app_label.migration_name).
         type: str
-        required: true
       rule:
-        description: A rule id (see C(docs/rules.md)). Without it, every rule of the migration is waived.
+        description: The rule id the waiver accepts (see C(docs/rules.md)).
         type: str
       reason:
-        description: Why the risk is accepted (non-empty); shown in the report.
+        description: Why the risk is accepted; shown in the report.
         type: str
-        required: true
+      approved_by:
+        description: Who accepted the risk (a person or a change ticket); shown in the report.
+        type: str
       expires:
         description: Last day the waiver applies, V(YYYY-MM-DD) (UTC).
         type: str
+  thresholds:
+    description:
+      - What makes a table tiny, large or busy for the size-sensitive rules (index builds, rewrites, validating
+        scans, data changes). Sizes are read from C(pg_class) and C(pg_stat_user_tables) of the live database.
+    type: dict
+    default: {}
+    suboptions:
+      large_table_rows:
+        description: From this many (estimated) rows a size-sensitive verdict is V(high).
+        type: int
+        default: 1000000
+      large_table_bytes:
+        description: From this total size (table, indexes and TOAST) a size-sensitive verdict is V(high).
+        type: int
+        default: 1073741824
+      tiny_table_rows:
+        description:
+          - Up to this many rows a size-sensitive verdict is V(low).
+          - Must be below O(thresholds.large_table_rows).
+        type: int
+        default: 10000
+      busy_table_writes_per_second:
+        description:
+          - A table that is not tiny and is written at least this often per second makes a size-sensitive
+            verdict V(high). V(0) disables it (the default).
+          - The rate is the average of C(n_tup_ins + n_tup_upd + n_tup_del) since the statistics were last
+            reset, so it reads high on a freshly loaded database.
+        type: float
+        default: 0
+  target_migration:
+    description:
+      - Plan towards this migration instead of the latest one, like C(manage.py migrate app_label name).
+      - Below the applied state this is a backwards plan. RV(direction=backwards) and every migration to unapply
+        is judged by the C(rollback) rules (can it be reversed, does reversing drop data).
+    type: dict
+    suboptions:
+      app_label:
+        description: The app.
+        type: str
         required: true
+      name:
+        description:
+          - A migration name or a unique prefix of it (V(0003)).
+          - V(zero) unapplies every migration of the app.
+        type: str
+        required: true
+  prechecks:
+    description:
+      - Run read-only data checks against the live tables for the migrations that can fail on existing data.
+        These checks are NULLs before NOT NULL, duplicates before a unique constraint and orphan rows before a
+        foreign key. A failing check is a V(will-fail-*) verdict.
+      - Each check is one query bounded by O(precheck_timeout). No row value is ever returned, only counts.
+    type: bool
+    default: false
+  precheck_timeout:
+    description: Statement timeout of each data pre-check, in seconds. A check that times out is reported as V(timeout).
+    type: float
+    default: 5.0
   fail_on_block:
     description:
       - Fail when the gate blocks. With V(false), return RV(gate.blocked=true) and let the play decide.
@@ -105,7 +166,28 @@ EXAMPLES = r"""
       - migration: shop.0007_order_status_not_null
         rule: not-null-django-default
         reason: orders are written only by the new worker, deployed first (TICKET-123)
+        approved_by: dba-oncall (Jane Doe)
         expires: "2030-01-31"
+    thresholds:
+      large_table_rows: 5000000
+  register: plan
+
+- name: Which migrations would a rollback to shop.0005 unapply, and can it be done?
+  safedeploy.django.django_migration_plan:
+    project_path: /srv/shop/current
+    virtualenv: /srv/shop/current/venv
+    target_migration:
+      app_label: shop
+      name: "0005"
+    fail_on_block: false
+  register: rollback_plan
+
+- name: Check the data before the deploy (duplicates, NULLs, orphans)
+  safedeploy.django.django_migration_plan:
+    project_path: /srv/shop/releases/2.4.0
+    virtualenv: /srv/shop/releases/2.4.0/venv
+    prechecks: true
+    precheck_timeout: 10
   register: plan
 
 - name: Show the report
@@ -217,8 +299,60 @@ plan:
               description: The statement or table size that triggered the rule, when there is one.
               type: str
               returned: sometimes
+            lock:
+              description:
+                - The table lock PostgreSQL takes for it.
+                - For example V(ACCESS EXCLUSIVE), V(SHARE), V(none) or V(momentary).
+              type: str
+            work:
+              description: What runs under that lock (V(none), V(scan), V(rewrite), V(index build), V(data change)).
+              type: str
+            backward_incompatible:
+              description: Whether the code still serving during the rollout breaks on it.
+              type: bool
+            table:
+              description: The table that was measured, or null.
+              type: str
+            table_stats:
+              description: That table's numbers (C(rows), C(bytes), C(writes_per_second), ...), when known.
+              type: dict
+              returned: sometimes
+            decided_by:
+              description:
+                - Which numbers or property decided the risk.
+                - "For example C(big: ~1,200,000 rows, 160.0 MiB: rows >= large_table_rows 1,000,000)."
+              type: str
+            statement:
+              description: The SQL statement the verdict is about, for statement-level rules.
+              type: str
+              returned: sometimes
+        prechecks:
+          description: Results of the data pre-checks of the operation (only with O(prechecks=true)).
+          type: list
+          elements: dict
+          returned: sometimes
+direction:
+  description: V(forwards), V(backwards) (O(target_migration) below the applied state) or V(none) (nothing to do).
+  returned: success
+  type: str
+migration_target:
+  description: The resolved O(target_migration) (C(app_label), C(name); C(name) null for V(zero)), or null.
+  returned: success
+  type: dict
+thresholds:
+  description: The size thresholds used.
+  returned: success
+  type: dict
+prechecks:
+  description:
+    - Every data pre-check that ran, with C(migration), C(operation), C(kind) (V(nulls), V(duplicates), V(orphans)),
+      C(table), C(columns), C(status) (V(pass), V(fail), V(timeout), V(skipped), V(error)), C(found) and C(message).
+    - Null when O(prechecks=false).
+  returned: success
+  type: list
+  elements: dict
 pending:
-  description: Ids of the pending migrations, in plan order.
+  description: Ids of the migrations of the plan (to apply, or to unapply when RV(direction=backwards)), in plan order.
   returned: success
   type: list
   elements: str
@@ -286,16 +420,33 @@ gate:
       description: Waivers that were not applied because they expired.
       type: list
       elements: dict
+    invalid_waivers:
+      description: Waivers that do not count because something is missing or wrong, each with C(problems).
+      type: list
+      elements: dict
+    unused_waivers:
+      description: Valid waivers that nothing in this plan needed.
+      type: list
+      elements: dict
 report_markdown:
   description: A readable report (Markdown table of the plan, gate, waivers, missing migrations).
   returned: success
   type: str
+report_sarif:
+  description:
+    - The plan as a SARIF 2.1.0 log, for code scanning (for example GitHub's C(upload-sarif)).
+    - One result per verdict riskier than V(none), at the operation's line of the migration file (relative to
+      O(project_path), base id C(PROJECTROOT)); level C(error), C(warning) or C(note) for V(high), V(medium) or
+      V(low). Each result's C(properties) has C(risk), C(migration), C(operation), C(blocked) and C(waived);
+      waived verdicts carry an accepted suppression with the waiver's reason.
+  returned: success
+  type: dict
 """
 
 import datetime
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.safedeploy.django.plugins.module_utils import _django_runner, _rules
+from ansible_collections.safedeploy.django.plugins.module_utils import _django_runner, _rules, _sarif
 
 
 def main():
@@ -309,13 +460,33 @@ def main():
             elements="dict",
             default=[],
             options=dict(
-                migration=dict(type="str", required=True),
+                migration=dict(type="str"),
                 rule=dict(type="str"),
-                reason=dict(type="str", required=True),
-                expires=dict(type="str", required=True),
+                reason=dict(type="str"),
+                approved_by=dict(type="str"),
+                expires=dict(type="str"),
             ),
         ),
         fail_on_block=dict(type="bool", default=True),
+        target_migration=dict(
+            type="dict",
+            options=dict(
+                app_label=dict(type="str", required=True),
+                name=dict(type="str", required=True),
+            ),
+        ),
+        thresholds=dict(
+            type="dict",
+            default={},
+            options=dict(
+                large_table_rows=dict(type="int", default=1_000_000),
+                large_table_bytes=dict(type="int", default=1024**3),
+                tiny_table_rows=dict(type="int", default=10_000),
+                busy_table_writes_per_second=dict(type="float", default=0.0),
+            ),
+        ),
+        prechecks=dict(type="bool", default=False),
+        precheck_timeout=dict(type="float", default=5.0),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -325,13 +496,26 @@ def main():
     _django_runner.register_secrets(module)
     params = module.params
 
-    waivers, errors = _rules.parse_waivers(params["waivers"])
-    if errors:
-        module.fail_json(msg="invalid waivers: " + "; ".join(errors))
+    try:
+        thresholds = _rules.Thresholds.from_params(params["thresholds"])
+    except ValueError as exc:
+        module.fail_json(msg=f"thresholds: {exc}")
+    if params["precheck_timeout"] <= 0:
+        module.fail_json(msg="precheck_timeout must be a number of seconds above 0, e.g. 5")
+    waivers, invalid_waivers = _rules.parse_waivers(params["waivers"])
 
-    reply = _django_runner.run_helper(module, params, "plan", {"check_missing": params["check_missing"]})
+    payload = {
+        "check_missing": params["check_missing"],
+        "target": params["target_migration"],
+        "prechecks": params["prechecks"],
+        "precheck_timeout_ms": int(params["precheck_timeout"] * 1000),
+    }
+    reply = _django_runner.run_helper(module, params, "plan", payload)
     today = datetime.datetime.now(datetime.UTC).date()
-    result = _rules.assess_plan(reply, params["max_risk"], waivers, today)
+    result = _rules.assess_plan(
+        reply, params["max_risk"], waivers, today, invalid_waivers=invalid_waivers, thresholds=thresholds
+    )
+    result["report_sarif"] = _sarif.render(result, _rules.RULES, params["project_path"])
 
     missing = result["missing_migrations"]
     if missing and params["check_missing"] and params["fail_on_missing"]:
@@ -345,7 +529,7 @@ def main():
         module.fail_json(
             msg=f"the migration plan exceeds max_risk={params['max_risk']}: "
             + "; ".join(result["gate"]["reasons"])
-            + ". Make the migrations safer, or add a waiver (migration, rule, reason, expires).",
+            + ". Make the migrations safer, or add a waiver (migration, rule, reason, approved_by, expires).",
             **result,
         )
     module.exit_json(changed=False, **result)

@@ -34,7 +34,9 @@ def test_corpus_is_big_enough_and_covers_every_rule(cases):
     unknown = {rule for case in cases for rule in case["rules"]} - set(_rules.RULES)
     assert not unknown, f"labels name rules that do not exist: {sorted(unknown)}"
     covered = {rule for case in cases for rule in case["rules"]}
-    assert not set(_rules.RULES) - covered, f"rules without a corpus case: {sorted(set(_rules.RULES) - covered)}"
+    # Rollback rules judge backwards plans: tests/integration/test_plan_graph.py has their cases.
+    forward = {rule.id for rule in _rules.RULES.values() if rule.level != "rollback"}
+    assert not forward - covered, f"rules without a corpus case: {sorted(forward - covered)}"
 
 
 def test_planner_meets_the_accuracy_goals(pg_database, cases, tmp_path):

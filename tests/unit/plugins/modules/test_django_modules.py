@@ -65,24 +65,43 @@ def test_plan_fail_on_block_false_reports(helper):
     assert not failed and result["changed"] is False
     assert result["pending"] == ["shop.0002_x", "shop.0003_x"]
     assert [m["risk"] for m in result["plan"]] == ["high", "low"]
-    assert calls == [("plan", {"check_missing": False})]
+    assert calls == [
+        ("plan", {"check_missing": False, "target": None, "prechecks": False, "precheck_timeout_ms": 5000})
+    ]
 
 
 def test_plan_waiver_lets_it_through(helper):
     helper(plan_reply(add_field(has_default=True)))
-    waiver = {"migration": "shop.0002_x", "rule": "not-null-django-default", "reason": "ok", "expires": "2999-01-01"}
+    waiver = {"migration": "shop.0002_x", "rule": "not-null-django-default", "reason": "ok", "approved_by": "dba",
+              "expires": "2999-01-01"}
     failed, result = run_module(django_migration_plan.main, dict(ARGS, waivers=[waiver]))
     assert not failed
     assert result["gate"]["blocked"] is False and result["gate"]["waived"][0]["reason"] == "ok"
+    assert result["report_markdown"].count("approved by dba") == 1
 
 
-def test_plan_invalid_waiver(helper):
-    helper(plan_reply())
-    failed, result = run_module(
-        django_migration_plan.main,
-        dict(ARGS, waivers=[{"migration": "shop.0002_x", "reason": "ok", "expires": "soon"}]),
-    )
-    assert failed and result["msg"].startswith("invalid waivers: ") and "YYYY-MM-DD" in result["msg"]
+def test_plan_incomplete_waiver_does_not_count(helper):
+    helper(plan_reply(add_field(has_default=True)))
+    waiver = {"migration": "shop.0002_x", "rule": "not-null-django-default", "reason": "ok", "expires": "soon"}
+    failed, result = run_module(django_migration_plan.main, dict(ARGS, waivers=[waiver]))
+    assert failed and "exceeds max_risk=medium" in result["msg"]
+    assert "waiver 1 does not count: approved_by is missing" in result["msg"] and "YYYY-MM-DD" in result["msg"]
+    assert result["gate"]["invalid_waivers"][0]["problems"] == [
+        "approved_by is missing (who accepted the risk)", "expires must be a date YYYY-MM-DD, got 'soon'"]
+    assert "Incomplete waivers (not applied)" in result["report_markdown"]
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ({"thresholds": {"tiny_table_rows": 5, "large_table_rows": 2}}, "tiny_table_rows must be smaller"),
+        ({"precheck_timeout": 0}, "precheck_timeout must be a number of seconds above 0"),
+    ],
+)
+def test_plan_bad_thresholds(helper, args, fragment):
+    calls = helper(plan_reply())
+    failed, result = run_module(django_migration_plan.main, dict(ARGS, **args))
+    assert failed and fragment in result["msg"] and calls == []
 
 
 def test_plan_missing_migrations(helper):
