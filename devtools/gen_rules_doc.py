@@ -22,7 +22,12 @@ RULES_PY = REPO / "plugins" / "module_utils" / "_rules.py"
 TARGET = REPO / "docs" / "rules.md"
 CASES = REPO / "tests" / "corpus" / "cases"
 # Rules that the forward corpus cannot show: (file, what the test does with it).
-EXTRA_EXAMPLES: dict[str, tuple[str, str]] = {}
+_GRAPH = "tests/integration/projects/graphproj/library/migrations/"
+EXTRA_EXAMPLES: dict[str, tuple[str, str]] = {
+    "unapply-irreversible": (_GRAPH + "0004_upper_titles.py", "unapplying it stops (test_plan_graph.py)"),
+    "unapply-drops-data": (_GRAPH + "0005_book_pages.py", "unapplying it drops library_book.pages"),
+    "unapply-reversible": (_GRAPH + "0003_fill_subtitles.py", "RunPython with reverse_code"),
+}
 
 
 def operations_source(path: Path) -> str | None:

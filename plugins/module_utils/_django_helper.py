@@ -352,6 +352,9 @@ def _operation_facts(op, app_label, old_state, new_state, connection) -> dict:
         facts["state_operations"] = [type(sub).__name__ for sub in op.state_operations]
     if "atomic" in getattr(op, "__dict__", {}):
         facts["atomic"] = op.atomic
+    specs = _precheck_specs(op, app_label, old_state, new_state, connection)
+    if specs:
+        facts["_precheck_specs"] = specs  # private: run by _prechecks, dropped before the reply
     return facts
 
 
@@ -573,6 +576,8 @@ def _walk_plan(executor, plan, connection) -> list[dict]:
                 "atomic": bool(migration.atomic),
                 "initial": bool(getattr(migration, "initial", False)),
                 "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
+                "direction": "forwards",
+                "file": _migration_file(migration),
                 "operations": operations,
             }
         )
@@ -580,16 +585,336 @@ def _walk_plan(executor, plan, connection) -> list[dict]:
 
 
 def _table_sizes(connection, tables: set[str]) -> dict:
+    """Size and write activity of the live tables, from the catalog and the statistics system (one query).
+
+    - ``rows``: pg_class.reltuples (the planner's estimate, refreshed by ANALYZE / VACUUM); when the
+      table was never analyzed (reltuples = -1) but the statistics count live tuples, that count
+      (``rows_source`` "live_tuples", so a never-analyzed table with 2M inserted rows still reads
+      as big); when neither is known, -1 (``rows_source`` "unknown"; a 0 live-tuple count is not
+      taken as "empty": it is also what a statistics reset or crash leaves behind);
+    - ``bytes``: pg_total_relation_size (heap + indexes + TOAST);
+    - ``live_rows``: n_live_tup, maintained by the statistics system even without ANALYZE;
+    - ``writes``: n_tup_ins + n_tup_upd + n_tup_del since the statistics were last reset;
+    - ``writes_per_second``: ``writes`` divided by the seconds since ``write_rate_since`` (the
+      database's pg_stat_database.stats_reset, or the server start when never reset). It is a
+      LONG-RUN AVERAGE, not the current rate: bursts and quiet hours are flattened, and a table
+      created after that moment reads lower than it is. None when it cannot be computed.
+    """
     if not tables:
         return {}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid) "
+            "SELECT c.relname, c.reltuples::bigint, pg_total_relation_size(c.oid), "
+            "pg_stat_get_live_tuples(c.oid), "
+            "pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_updated(c.oid) "
+            "+ pg_stat_get_tuples_deleted(c.oid), "
+            "w.since, extract(epoch FROM now() - w.since)::float8 "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN (SELECT coalesce((SELECT stats_reset FROM pg_stat_database "
+            "WHERE datname = current_database()), pg_postmaster_start_time()) AS since) w "
             "WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s) AND n.nspname = ANY(current_schemas(false))",
             [sorted(tables)],
         )
-        return {name: {"rows": int(rows), "bytes": int(size)} for name, rows, size in cursor.fetchall()}
+        sizes = {}
+        for name, rows, size, live, writes, since, elapsed in cursor.fetchall():
+            rows, live = int(rows), None if live is None else int(live)
+            source = "estimate"
+            if rows < 0:
+                source = "live_tuples" if live else "unknown"
+                rows = live if live else -1
+            rate = None
+            if writes is not None and elapsed and elapsed > 0:
+                rate = round(int(writes) / elapsed, 2)
+            sizes[name] = {
+                "rows": rows,
+                "rows_source": source,
+                "bytes": int(size),
+                "live_rows": live,
+                "writes": None if writes is None else int(writes),
+                "writes_per_second": rate,
+                "write_rate_since": since.isoformat() if since is not None else None,
+            }
+        return sizes
+
+
+# ---------------------------------------------------------------------------
+# Data pre-checks: would today's data make a forward operation fail?
+
+PRECHECK_CAP = 1000  # offending rows / duplicate groups counted at most (LIMIT inside each query)
+
+
+def _fk_target(field):
+    """(table, column) a concrete FK / OneToOne with a database constraint points at, else None."""
+    if not (field.is_relation and field.concrete and (field.many_to_one or field.one_to_one)):
+        return None
+    if not getattr(field, "db_constraint", False):
+        return None
+    return field.remote_field.model._meta.db_table, field.target_field.column
+
+
+def _precheck_specs(op, app_label, old_state, new_state, connection) -> list[dict]:
+    """The data conditions a forward ``op`` needs (plain dicts, Django objects only used here).
+
+    Computed during the walk, where the model states are at hand; run by _prechecks.
+    """
+    try:
+        return _precheck_specs_unchecked(op, app_label, old_state, new_state, connection)
+    except Exception:  # noqa: BLE001 - a custom field or an unresolved relation: nothing to check
+        return []
+
+
+def _precheck_specs_unchecked(op, app_label, old_state, new_state, connection) -> list[dict]:
+    from django.db import migrations
+    from django.db.models import UniqueConstraint
+
+    specs: list[dict] = []
+    if isinstance(op, migrations.AlterField):
+        model_lower = op.model_name_lower
+        old = _get_field(old_state, app_label, model_lower, op.name)
+        new = _get_field(new_state, app_label, model_lower, op.name)
+        table = _model_table(old_state, app_label, model_lower)
+        if old is None or new is None or not table or not getattr(old, "column", None) or not new.concrete:
+            return []
+        column = old.column  # the data is in the column as it is before this operation
+        # With a default (or db_default) Django first UPDATEs the NULL rows to it: nothing can fail.
+        backfilled = (new.has_default() and new.default is not None) or bool(
+            getattr(new, "has_db_default", lambda: False)()
+        )
+        if old.null and not new.null and not backfilled:
+            specs.append({"kind": "nulls", "table": table, "columns": [column]})
+        if not (old.unique or old.primary_key) and (new.unique or new.primary_key):
+            specs.append({"kind": "duplicates", "table": table, "columns": [column], "nulls_distinct": True})
+        new_ref = _fk_target(new)
+        if new_ref and new_ref != _fk_target(old):
+            old_type, new_type = old.db_type(connection), new.db_type(connection)
+            specs.append(
+                {
+                    "kind": "orphans",
+                    "table": table,
+                    "columns": [column],
+                    "ref_table": new_ref[0],
+                    "ref_column": new_ref[1],
+                    # the column's type once altered (a Django type name, never data)
+                    "cast": new_type if new_type and old_type != new_type else None,
+                }
+            )
+    elif isinstance(op, migrations.AddConstraint):
+        constraint = op.constraint
+        if (
+            isinstance(constraint, UniqueConstraint)
+            and constraint.fields
+            and constraint.condition is None
+            and not constraint.expressions
+        ):
+            model = new_state.apps.get_model(app_label, op.model_name_lower)
+            specs.append(
+                {
+                    "kind": "duplicates",
+                    "table": model._meta.db_table,
+                    "columns": [model._meta.get_field(name).column for name in constraint.fields],
+                    "nulls_distinct": getattr(constraint, "nulls_distinct", None) is not False,
+                }
+            )
+    elif isinstance(op, migrations.AlterUniqueTogether):
+        key = (app_label, op.name_lower)
+        before = {tuple(t) for t in (old_state.models[key].options.get("unique_together") or ())}
+        model = old_state.apps.get_model(app_label, op.name_lower)
+        for together in new_state.models[key].options.get("unique_together") or ():
+            if tuple(together) in before:
+                continue
+            specs.append(
+                {
+                    "kind": "duplicates",
+                    "table": model._meta.db_table,
+                    "columns": [model._meta.get_field(name).column for name in together],
+                    "nulls_distinct": True,
+                }
+            )
+    return specs
+
+
+def _live_columns(connection, tables: set[str]) -> dict[str, set[str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s) AND n.nspname = ANY(current_schemas(false))",
+            [sorted(tables)],
+        )
+        live: dict[str, set[str]] = {}
+        for table, column in cursor.fetchall():
+            live.setdefault(table, set())
+            if column:
+                live[table].add(column)
+        return live
+
+
+def _precheck_sql(connection, spec: dict) -> str:
+    """A count of offending rows (or duplicate groups), capped: only counts leave the database."""
+    q = connection.ops.quote_name
+    table = q(spec["table"])
+    cols = [f"t.{q(c)}" for c in spec["columns"]]
+    if spec["kind"] == "nulls":
+        inner = f"SELECT 1 FROM {table} t WHERE {cols[0]} IS NULL"
+    elif spec["kind"] == "duplicates":
+        where = " AND ".join(f"{c} IS NOT NULL" for c in cols) if spec.get("nulls_distinct", True) else "true"
+        inner = f"SELECT 1 FROM {table} t WHERE {where} GROUP BY {', '.join(cols)} HAVING count(*) > 1"
+    else:  # orphans
+        value = f"CAST({cols[0]} AS {spec['cast']})" if spec.get("cast") else cols[0]
+        inner = (
+            f"SELECT 1 FROM {table} t WHERE {cols[0]} IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {q(spec['ref_table'])} r WHERE r.{q(spec['ref_column'])} = {value})"
+        )
+    return f"SELECT count(*) FROM ({inner} LIMIT {PRECHECK_CAP}) s"
+
+
+def _precheck_message(spec: dict, status: str, found: int, capped: bool, detail: str = "") -> str:
+    where = f"{spec['table']}.{spec['columns'][0]}" if len(spec["columns"]) == 1 else (
+        f"{spec['table']} ({', '.join(spec['columns'])})"
+    )
+    count = f"at least {found}" if capped else str(found)
+    if status == "fail":
+        if spec["kind"] == "nulls":
+            return f"{count} NULL value(s) in {where}: SET NOT NULL will fail"
+        if spec["kind"] == "duplicates":
+            return f"{count} group(s) of duplicate values in {where}: the unique constraint will fail"
+        return (
+            f"{count} row(s) of {where} with no match in {spec['ref_table']}.{spec['ref_column']}: "
+            "the FOREIGN KEY constraint will fail"
+        )
+    if status == "pass":
+        if spec["kind"] == "nulls":
+            return f"no NULL in {where}: SET NOT NULL can succeed with today's data"
+        if spec["kind"] == "duplicates":
+            return f"no duplicate values in {where}: the unique constraint can succeed with today's data"
+        return (
+            f"every {where} value matches {spec['ref_table']}.{spec['ref_column']}: "
+            "the FOREIGN KEY constraint can succeed with today's data"
+        )
+    return f"{spec['kind']} check on {where} {detail}"
+
+
+def _run_precheck(connection, spec: dict, timeout_ms: int) -> dict:
+    """One capped count in a READ ONLY transaction bounded by statement_timeout, always rolled back."""
+    from django.db import DatabaseError, transaction
+
+    result = {"kind": spec["kind"], "table": spec["table"], "columns": list(spec["columns"])}
+    if spec["kind"] == "orphans":
+        result.update(ref_table=spec["ref_table"], ref_column=spec["ref_column"])
+    started = time.monotonic()
+    found, status, detail = 0, "pass", ""
+    try:
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION READ ONLY")
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    [f"{timeout_ms}ms", f"{timeout_ms}ms"],
+                )
+                cursor.execute(_precheck_sql(connection, spec))
+                found = int(cursor.fetchone()[0])
+            transaction.set_rollback(True, using=connection.alias)
+        status = "fail" if found else "pass"
+    except DatabaseError as exc:
+        cause = exc.__cause__ or exc
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout)
+        if code in ("57014", "55P03"):
+            status, detail = "timeout", f"did not finish within {timeout_ms} ms: unknown"
+        else:
+            # never the server's text: it may quote a row's values (personal data)
+            status, detail = "error", f"failed with {type(cause).__name__} (SQLSTATE {code or '?'})"
+    capped = found >= PRECHECK_CAP
+    result.update(
+        status=status,
+        found=found,
+        capped=capped,
+        seconds=round(time.monotonic() - started, 3),
+        message=_precheck_message(spec, status, found, capped, detail),
+    )
+    return result
+
+
+def _skipped_precheck(spec: dict, reason: str) -> dict:
+    result = {"kind": spec["kind"], "table": spec["table"], "columns": list(spec["columns"])}
+    if spec["kind"] == "orphans":
+        result.update(ref_table=spec["ref_table"], ref_column=spec["ref_column"])
+    result.update(
+        status="skipped", found=0, capped=False, seconds=0.0,
+        message=_precheck_message(spec, "skipped", 0, False, f"skipped: {reason}"),
+    )
+    return result
+
+
+def _prechecks(connection, migrations: list[dict], timeout_ms: int) -> None:
+    """Fill op["prechecks"] for the forward operations whose data conditions can be checked today.
+
+    Only tables and columns that exist in the live database now are queried; a table created or a
+    column added (or renamed) earlier in the plan is reported "skipped". Each query runs alone in a
+    READ ONLY transaction with SET LOCAL statement_timeout/lock_timeout and is rolled back; a timeout
+    or an error is recorded and the next check runs. Only counts are reported, never values.
+    """
+    timeout_ms = max(1, int(timeout_ms))
+    forward = [m for m in migrations if m.get("direction") != "backwards"]
+    wanted = set()
+    for migration in forward:
+        for op in migration["operations"]:
+            for spec in op.get("_precheck_specs") or ():
+                wanted.add(spec["table"])
+                if spec.get("ref_table"):
+                    wanted.add(spec["ref_table"])
+    if not wanted:
+        return
+    live = _live_columns(connection, wanted)
+    data_changes: list[tuple[str, set[str] | None]] = []  # earlier RunPython / RunSQL of the plan
+    for migration in forward:
+        for op in migration["operations"]:
+            checks = []
+            new_tables = set(op.get("new_tables") or ())
+            for spec in op.get("_precheck_specs") or ():
+                table, ref = spec["table"], spec.get("ref_table")
+                if table in new_tables:
+                    continue  # created by this plan: only the plan's own data is in it
+                missing = [c for c in spec["columns"] if c not in live.get(table, ())]
+                if table not in live:
+                    checks.append(_skipped_precheck(spec, f"table {table} is not in the database now "
+                                                          "(created or renamed earlier in this plan)"))
+                elif missing:
+                    checks.append(_skipped_precheck(spec, f"column {table}.{missing[0]} is not in the database "
+                                                          "now (added or renamed earlier in this plan)"))
+                elif ref and spec["ref_column"] not in live.get(ref, ()):
+                    checks.append(_skipped_precheck(spec, f"referenced {ref}.{spec['ref_column']} is not in the "
+                                                          "database now (created earlier in this plan)"))
+                else:
+                    check = _run_precheck(connection, spec, timeout_ms)
+                    earlier = [mid for mid, tables in data_changes if tables is None or table in tables]
+                    if earlier:
+                        check["earlier_data_migrations"] = sorted(set(earlier))
+                        if check["status"] == "fail":
+                            check["message"] += (
+                                f" (unless an earlier data migration of this plan fixes the data: "
+                                f"{', '.join(check['earlier_data_migrations'])})"
+                            )
+                    checks.append(check)
+            if checks:
+                op["prechecks"] = checks
+            if op.get("type") == "RunPython":
+                data_changes.append((migration["id"], None))
+            elif op.get("type") == "RunSQL":
+                data_changes.append((migration["id"], set(op.get("tables") or ()) or None))
+
+
+def _plan_prechecks(connection, migrations: list[dict], request: dict) -> bool:
+    """Run the data pre-checks when asked; always drop the walk's private specs. True when they ran."""
+    ran = bool(request.get("prechecks"))
+    try:
+        if ran:
+            _prechecks(connection, migrations, int(request.get("precheck_timeout_ms") or 5000))
+    finally:
+        for migration in migrations:
+            for op in migration.get("operations") or ():
+                op.pop("_precheck_specs", None)
+    return ran
 
 
 def _missing_migrations() -> dict:
@@ -643,6 +968,237 @@ def _pending_plan(executor):
     return executor.migration_plan(executor.loader.graph.leaf_nodes())
 
 
+def _migration_file(migration):
+    """Absolute path of the module a migration was loaded from (no file access), or None."""
+    module = sys.modules.get(type(migration).__module__)
+    path = getattr(module, "__file__", None)
+    return os.path.abspath(path) if path else None
+
+
+def _names_list(names, limit: int = 20) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "") if names else "(none)"
+
+
+def _target_plan(executor, target):
+    """The plan of ``manage.py migrate [app_label [name]]``, with the target resolved like migrate does.
+
+    Returns (plan, migration_target). Without a target: every leaf node (all pending
+    migrations). ``name`` may be ``zero`` (unapply the whole app) or a unique prefix.
+    """
+    if not target:
+        return _pending_plan(executor), None
+    from django.apps import apps
+    from django.db.migrations.exceptions import AmbiguityError, NodeNotFoundError
+
+    loader = executor.loader
+    app_label = str(target.get("app_label") or "").strip()
+    name = str(target.get("name") or "").strip()
+    migrated = _names_list(loader.migrated_apps)
+    try:
+        apps.get_app_config(app_label)
+    except LookupError:
+        raise HelperError(
+            "bad_target",
+            f"target_migration: there is no installed app with label '{app_label}'. "
+            f"Set app_label to one of the apps with migrations: {migrated}.",
+        ) from None
+    if app_label not in loader.migrated_apps:
+        raise HelperError(
+            "bad_target",
+            f"target_migration: the app '{app_label}' has no migrations. "
+            f"Set app_label to one of the apps with migrations: {migrated}.",
+        )
+    on_disk = [n for a, n in loader.disk_migrations if a == app_label]
+    if not name:
+        raise HelperError(
+            "bad_target",
+            f"target_migration: name is empty. Set it to a migration of '{app_label}' (or a unique prefix of one, "
+            f"e.g. 0003), or to 'zero' to unapply all of its migrations. Its migrations: {_names_list(on_disk)}.",
+        )
+    if name == "zero":
+        key = (app_label, None)
+    else:
+        try:
+            migration = loader.get_migration_by_prefix(app_label, name)
+        except AmbiguityError:
+            matches = [n for n in on_disk if n.startswith(name)]
+            raise HelperError(
+                "bad_target",
+                f"target_migration: more than one migration of '{app_label}' starts with '{name}' "
+                f"({_names_list(matches)}). Give more of the name.",
+            ) from None
+        except KeyError:
+            raise HelperError(
+                "bad_target",
+                f"target_migration: the app '{app_label}' has no migration matching '{name}'. Set name to one of "
+                f"its migrations (or a unique prefix), or to 'zero': {_names_list(on_disk)}.",
+            ) from None
+        key = (app_label, migration.name)
+        # Like migrate: a partially applied squashed migration is not in the graph, use its last replacement.
+        if key not in loader.graph.nodes and key in loader.replacements:
+            key = tuple(loader.replacements[key].replaces[-1])
+    try:
+        plan = executor.migration_plan([key])
+    except NodeNotFoundError as exc:
+        squashes = [f"{a}.{n}" for (a, n), m in loader.replacements.items() if key in [tuple(r) for r in m.replaces]]
+        hint = (
+            f" It is replaced by {', '.join(squashes)} on this database: target the squashed migration instead."
+            if squashes
+            else ""
+        )
+        raise HelperError(
+            "bad_target",
+            f"target_migration: {key[0]}.{key[1]} is not a node of the migration graph ({exc}).{hint}",
+        ) from exc
+    return plan, {"app_label": key[0], "name": key[1]}
+
+
+def _plan_direction(plan) -> str:
+    kinds = {bool(backwards) for _migration, backwards in plan}
+    if not kinds:
+        return "none"
+    if len(kinds) > 1:
+        raise HelperError(
+            "bad_target",
+            "the plan mixes forwards and backwards migrations, which migrate does not support: "
+            "split it into separate targets.",
+        )
+    return "backwards" if True in kinds else "forwards"
+
+
+def _states_before_unapply(executor, plan) -> dict:
+    """The project state before each migration of a backwards plan (MigrationExecutor._migrate_all_backwards)."""
+    full_plan = executor.migration_plan(executor.loader.graph.leaf_nodes(), clean_start=True)
+    to_run = {migration for migration, _backwards in plan}
+    graph = executor.loader.graph
+    applied = {graph.nodes[key] for key in executor.loader.applied_migrations if key in graph.nodes}
+    states = {}
+    state = executor._create_project_state()
+    for migration, _backwards in full_plan:
+        if not to_run:
+            break
+        if migration in to_run:
+            if "apps" not in state.__dict__:
+                state.apps  # noqa: B018 - render once, like migrate
+            states[migration] = state
+            state = migration.mutate_state(state, preserve=True)
+            to_run.remove(migration)
+        elif migration in applied:
+            migration.mutate_state(state, preserve=False)
+    return states
+
+
+def _walk_backwards(executor, plan, connection) -> list[dict]:
+    """Facts and backwards SQL of a plan that unapplies migrations, as migrate would unapply them.
+
+    The state before each migration is computed from the full plan like
+    MigrationExecutor._migrate_all_backwards; each migration is walked like
+    Migration.unapply(collect_sql=True): the states of its operations first, then
+    the operations in reverse order. An irreversible operation is recorded
+    (reversible false, sql_error "IrreversibleError: ...") and the walk goes on.
+    Correctness over speed: backwards plans are rare.
+    """
+    from django.db import migrations as django_migrations
+    from django.db.migrations.exceptions import IrreversibleError
+
+    states = _states_before_unapply(executor, plan)
+    result = []
+    for migration, _backwards in plan:
+        app_label = migration.app_label
+        steps = []
+        new_state = states[migration]
+        for index, op in enumerate(migration.operations):
+            new_state = new_state.clone()
+            old_state = new_state.clone()
+            op.state_forwards(app_label, new_state)
+            steps.insert(0, (index, op, old_state, new_state))
+        operations = []
+        deferred_owner: dict[int, int] = {}
+        editor = connection.schema_editor(collect_sql=True, atomic=False)
+        editor.__enter__()
+        try:
+            for index, op, to_state, from_state in steps:
+                before = len(editor.collected_sql)
+                deferred_before = {id(s) for s in editor.deferred_sql}
+                reversible = bool(op.reversible)
+                sql_error = None
+                if not reversible:
+                    sql_error = (
+                        f"IrreversibleError: operation {index} ({op.describe()}) of {app_label}.{migration.name} "
+                        "is not reversible"
+                    )
+                elif op.reduces_to_sql:
+                    try:
+                        op.database_backwards(app_label, editor, from_state, to_state)
+                    except IrreversibleError as exc:
+                        reversible = False
+                        sql_error = f"IrreversibleError: {_first_line(str(exc))}"
+                    except Exception as exc:  # noqa: BLE001 - recorded, walk continues
+                        sql_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+                # Facts describe the operation as written: old = state before it, new = after it.
+                facts = _operation_facts(op, app_label, to_state, from_state, connection)
+                facts["reversible"] = reversible
+                if isinstance(op, django_migrations.RunSQL):
+                    facts["run_sql"] = {
+                        "sql": _sql_text(op.reverse_sql),
+                        "reverse_sql_given": op.reverse_sql is not None,
+                    }
+                if isinstance(op, django_migrations.RunPython):
+                    code = op.reverse_code
+                    facts["run_python"] = {
+                        "code": f"{getattr(code, '__module__', '?')}.{getattr(code, '__qualname__', repr(code))}"
+                        if code is not None
+                        else None,
+                        "reverse_code_given": code is not None,
+                    }
+                facts["index"] = index
+                facts["sql"] = list(editor.collected_sql[before:])
+                facts["sql_error"] = sql_error
+                for statement in editor.deferred_sql:
+                    if id(statement) not in deferred_before:
+                        deferred_owner[id(statement)] = len(operations)
+                operations.append(facts)
+        finally:
+            deferred = list(editor.deferred_sql)
+            try:
+                editor.__exit__(None, None, None)
+            except Exception as exc:  # noqa: BLE001
+                if operations:
+                    last = operations[-1]
+                    last["sql_error"] = last["sql_error"] or (
+                        f"deferred SQL: {type(exc).__name__}: {_first_line(str(exc))}"
+                    )
+        for statement in deferred:
+            owner = deferred_owner.get(id(statement))
+            if owner is not None:
+                operations[owner]["sql"].append(str(statement) + ("" if str(statement).rstrip().endswith(";") else ";"))
+        for facts in operations:
+            statements = list(facts["sql"]) + list(facts.get("run_sql", {}).get("sql", []))
+            tables = _tables_in_sql(statements)
+            if facts.get("table"):
+                tables.add(facts["table"])
+            facts["tables"] = sorted(tables)
+            facts["new_tables"] = []
+            facts["created_in_plan"] = False
+        result.append(
+            {
+                "id": f"{app_label}.{migration.name}",
+                "app_label": app_label,
+                "name": migration.name,
+                "atomic": bool(migration.atomic),
+                "initial": bool(getattr(migration, "initial", False)),
+                "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
+                "direction": "backwards",
+                "file": _migration_file(migration),
+                "reversible": all(op["reversible"] for op in operations),
+                "operations": operations,
+            }
+        )
+    return result
+
+
 def action_plan(request: dict) -> dict:
     from django.db import DatabaseError
 
@@ -650,25 +1206,33 @@ def action_plan(request: dict) -> dict:
     try:
         target = _fingerprint(connection)
         executor = _executor(connection)
-        plan = _pending_plan(executor)
+        plan, migration_target = _target_plan(executor, request.get("target"))
+        direction = _plan_direction(plan)
         started = time.monotonic()
-        migrations = _walk_plan(executor, plan, connection)
+        if direction == "backwards":
+            migrations = _walk_backwards(executor, plan, connection)
+        else:
+            migrations = _walk_plan(executor, plan, connection)
         walk_seconds = time.monotonic() - started
         tables = set()
         for migration in migrations:
             for op in migration["operations"]:
                 tables.update(op["tables"])
         sizes = _table_sizes(connection, tables)
+        prechecks_ran = _plan_prechecks(connection, migrations, request)
     except DatabaseError as exc:
         raise HelperError("db_error", f"database error while planning: {_first_line(str(exc))}") from exc
     missing = _missing_migrations() if request.get("check_missing", True) else {}
     return {
         "ok": True,
         "target": target,
+        "direction": direction,
+        "migration_target": migration_target,
         "plan": migrations,
         "missing_migrations": missing,
         "tables": sizes,
         "timings": {"walk_seconds": round(walk_seconds, 3)},
+        "prechecks_ran": prechecks_ran,
     }
 
 

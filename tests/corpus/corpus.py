@@ -205,7 +205,11 @@ def prepare_database(project: Path, env: dict, python: str = sys.executable, cas
 
 def run_helper(project: Path, env: dict, python: str = sys.executable) -> dict:
     """The helper's "plan" reply, run the way _django_runner.invoke_helper runs it."""
-    request = {"action": "plan", "database": "default", "settings": "corpus_settings", "check_missing": False}
+    request = {
+        "action": "plan", "database": "default", "settings": "corpus_settings", "check_missing": False,
+        # the data rules (will-fail-*) need the pre-checks; bounded so that a slow one cannot stall the corpus
+        "prechecks": True, "precheck_timeout_ms": 20_000,
+    }
     proc = subprocess.run(
         [python, str(HELPER)], cwd=project, env=child_env(env), input=json.dumps(request),
         capture_output=True, text=True, timeout=600, check=False,

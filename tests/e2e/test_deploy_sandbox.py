@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -293,7 +294,7 @@ def index_artifact(sandbox: Sandbox) -> Path:
 def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sandbox, db_env):
     """Fleet on 1.0.0, schema at 0007. With a million orders, 3.0.0's plain CREATE INDEX
     would block writes while it builds: the gate stops the deploy before any change, an
-    expired waiver does not count, a valid one lets it through."""
+    expired waiver and an unapproved one do not count, a valid one lets it through."""
     with connect(db_env, autocommit=True) as conn:
         customer = conn.execute("INSERT INTO shop_customer (name, email, created_at) "
                                 "VALUES ('bulk', 'bulk@example.com', now()) RETURNING id").fetchone()[0]
@@ -311,16 +312,28 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     stop = blocked.task("Stop before any change when the plan is too risky", status="failed")
     assert len(stop) == 1, explain(blocked)
     assert migration in stop[0]["result"]["msg"]
-    rules = [v["rule"] for m in plan["plan"] for v in m["verdicts"] if v["risk"] == "high"]
-    assert rules, plan["plan"]
+    high = [v for m in plan["plan"] for v in m["verdicts"] if v["risk"] == "high"]
+    rules = [v["rule"] for v in high]
+    assert rules == ["create-index-blocking"], plan["plan"]
+    # the verdict names the numbers that decided it
+    assert re.search(r"shop_order: ~1,00\d,\d{3} rows, [\d.,]+ MiB.*: rows >= large_table_rows 1,000,000",
+                     high[0]["decided_by"]), high[0]["decided_by"]
+    assert high[0]["lock"] == "SHARE" and plan["report_sarif"]["runs"][0]["results"]
 
-    expired = deploy_release(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
-        {"migration": migration, "rule": rule, "reason": "approved for the 2024 sale", "expires": "2024-12-31"}
-        for rule in rules])
-    assert expired.rc != 0
-    gate = expired.task("Check for missing migrations and classify the pending ones")[0]["result"]["gate"]
-    assert gate["blocked"] and gate["expired_waivers"], gate
-    assert expired.task("Stop before any change when the plan is too risky", status="failed")
+    # Rejected: an expired waiver, and one nobody approved; neither counts and the report says why.
+    rejected = deploy_release(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
+        {"migration": migration, "rule": rules[0], "reason": "approved for the 2024 sale", "approved_by": "ops",
+         "expires": "2024-12-31"},
+        {"migration": migration, "rule": rules[0], "reason": "it is fine", "expires": "2099-12-31"},
+    ])
+    assert rejected.rc != 0
+    plan = rejected.task("Check for missing migrations and classify the pending ones")[0]["result"]
+    gate = plan["gate"]
+    assert gate["blocked"] and [w["position"] for w in gate["expired_waivers"]] == [1], gate
+    assert gate["invalid_waivers"][0]["problems"] == ["approved_by is missing (who accepted the risk)"], gate
+    assert "Expired waivers (not applied)" in plan["report_markdown"]
+    assert "Incomplete waivers (not applied)" in plan["report_markdown"]
+    assert rejected.task("Stop before any change when the plan is too risky", status="failed")
     assert (applied_migrations(db_env), snapshot_files(sandbox), current_links(sandbox)) == before
 
     load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
@@ -328,12 +341,13 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     try:
         waived = deploy_release(sandbox, "3.0.0", release_artifact=artifact, release_waivers=[
             {"migration": migration, "rule": rule, "reason": "index build measured at 2 s on a copy; off-peak",
-             "expires": "2099-12-31"} for rule in rules])
+             "approved_by": "dba on call (CHG-2041)", "expires": "2099-12-31"} for rule in rules])
     finally:
         summary = load.stop()
     assert waived.rc == 0, explain(waived)
     gate = waived.task("Check for missing migrations and classify the pending ones")[0]["result"]["gate"]
     assert not gate["blocked"] and {w["migration"] for w in gate["waived"]} == {migration}, gate
+    assert gate["waived"][0]["approved_by"] == "dba on call (CHG-2041)"
     assert applied_migrations(db_env)[-1] == migration
     assert sandbox.served_versions() == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
     assert summary["failed"] == 0, summary["failures_sample"]

@@ -203,22 +203,23 @@ def test_plan_waivers(pg_database):
     manage(RISKY, env, "migrate", "catalog", "0002", "-v", "0")
     waivers = [
         {"migration": "catalog.0003_product_stock", "rule": "not-null-django-default",
-         "reason": "only the new worker inserts products", "expires": "2999-12-31"},
-        {"migration": "catalog.0009_remove_product_legacy_code", "reason": "unused since 1.2",
-         "expires": "2999-12-31"},
-        {"migration": "catalog.0010_rename_product_old_title", "reason": "approved last year",
-         "expires": "2001-01-01"},
+         "reason": "only the new worker inserts products", "approved_by": "dba", "expires": "2999-12-31"},
+        {"migration": "catalog.0009_remove_product_legacy_code", "rule": "remove-field", "reason": "unused since 1.2",
+         "approved_by": "dba", "expires": "2999-12-31"},
+        {"migration": "catalog.0010_rename_product_old_title", "rule": "rename-field", "reason": "approved last year",
+         "approved_by": "dba", "expires": "2001-01-01"},
     ]
     result = ansible("django_migration_plan", common(RISKY, waivers=waivers), env)
     assert result["_status"] == "FAILED!"
     gate = result["gate"]
     assert gate["blocked"] is True
     assert [r.split(":")[0] for r in gate["reasons"]] == ["catalog.0010_rename_product_old_title operation 0"]
-    assert "waiver expired on 2001-01-01" in gate["reasons"][0]
+    assert "waiver 3 expired on 2001-01-01" in gate["reasons"][0]
     assert sorted(w["migration"] for w in gate["waived"]) == [
         "catalog.0003_product_stock", "catalog.0009_remove_product_legacy_code"]
-    assert gate["expired_waivers"] == [{"migration": "catalog.0010_rename_product_old_title", "rule": None,
-                                        "reason": "approved last year", "expires": "2001-01-01"}]
+    assert gate["expired_waivers"] == [{"position": 3, "migration": "catalog.0010_rename_product_old_title",
+                                        "rule": "rename-field", "reason": "approved last year", "approved_by": "dba",
+                                        "expires": "2001-01-01"}]
 
     waivers[2]["expires"] = "2999-12-31"
     passed = ansible("django_migration_plan", common(RISKY, waivers=waivers), env)
@@ -228,10 +229,15 @@ def test_plan_waivers(pg_database):
     high = ansible("django_migration_plan", common(RISKY, max_risk="high"), env)
     assert high["_status"] == "SUCCESS" and high["gate"]["blocked"] is False
 
+    # An incomplete waiver does not count: the gate blocks and says why.
     bad = ansible("django_migration_plan",
-                  common(RISKY, waivers=[{"migration": "catalog.0003_product_stock", "reason": "",
-                                          "expires": "2999-01-01"}]), env)
-    assert bad["_status"] == "FAILED!" and "non-empty reason" in bad["msg"]
+                  common(RISKY, max_risk="high", waivers=[{"migration": "catalog.0003_product_stock", "reason": "",
+                                                           "expires": "2999-01-01"}]), env)
+    assert bad["_status"] == "SUCCESS"
+    assert bad["gate"]["invalid_waivers"][0]["problems"] == [
+        "rule is missing (name the rule id the waiver accepts)", "reason is missing",
+        "approved_by is missing (who accepted the risk)"]
+    assert "Incomplete waivers (not applied)" in bad["report_markdown"]
 
 
 def test_plan_reports_missing_migrations(pg_database):
