@@ -83,9 +83,15 @@ def test_first_deploy_installs_release_1_everywhere(sandbox, db_env):
 
 def test_plan_playbook_reports_release_2_and_applies_nothing(sandbox, db_env):
     run = run_playbook(sandbox.inventory_dir / "hosts.ini", "plan",
-                       {"release_version": "2.0.0", "release_artifact": str(sandbox.artifacts / "shop-2.0.0.tar.gz")},
+                       {"release_version": "2.0.0", "release_artifact": str(sandbox.artifacts / "shop-2.0.0.tar.gz"),
+                        "release_report_dir": str(sandbox.base / "plan-reports"), "release_plan_prechecks": True},
                        log=sandbox.base / "logs" / "plan-2.0.0.log")
     assert run.rc == 0, explain(run)
+    reports = sorted(p.name for p in (sandbox.base / "plan-reports").iterdir())
+    assert reports == ["migration-plan.json", "migration-plan.md", "migration-plan.sarif"]
+    sarif = json.loads((sandbox.base / "plan-reports" / "migration-plan.sarif").read_text())
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in sarif["runs"][0]["results"]}
+    assert "shop/migrations/0006_order_created_index.py" in uris, uris
     plan = run.task("Check for missing migrations and classify the pending ones")
     assert len(plan) == 1 and plan[0]["delegated_to"] == "app1"
     assert plan[0]["result"]["pending"] == RELEASE_2_MIGRATIONS
