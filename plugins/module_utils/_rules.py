@@ -226,6 +226,15 @@ _RULE_LIST = [
         lock="none", work="none",
     ),
     Rule(
+        "mixed-phase-migration", "Migration mixes expand and contract steps", "medium",
+        "It adds schema the new code needs and removes schema the old code uses. In the pre-deploy phase the "
+        "removal breaks the old code still serving; in the post-deploy phase the addition comes after the new "
+        "code already needs it.",
+        "Split it: the additions in a pre-deploy migration, the removals in a later one marked "
+        "safedeploy_phase = 'post'.",
+        lock="none", work="none",
+    ),
+    Rule(
         "concurrently-in-atomic", "CONCURRENTLY inside an atomic migration", "medium",
         "CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction block: the migration fails at "
         "deploy (Django refuses AddIndexConcurrently when atomic, PostgreSQL refuses the raw SQL).",
@@ -684,12 +693,49 @@ def _biggest(names, tables: dict) -> str | None:
     return max(known, key=lambda n: (tables[n].get("rows") or 0, tables[n].get("bytes") or 0))
 
 
+# Expand steps (the new code needs them, the old code tolerates them) and contract steps (they remove
+# what the old code uses) of the expand/contract pattern.
+_EXPAND_OPERATIONS = {"CreateModel", "AddField", "AddIndex", "AddIndexConcurrently", "AddConstraint"}
+_CONTRACT_OPERATIONS = {"RemoveField", "DeleteModel"}
+# In the post-deploy phase no old code runs any more: what only broke the old code is graded for what is
+# left of it (removing data nobody reads, a scan under lock, nothing).
+_POST_PHASE_RISK = {
+    "remove-field": ("medium", "post-deploy phase: no code uses the column any more; its data is removed"),
+    "delete-model": ("medium", "post-deploy phase: no code uses the table any more; its data is removed"),
+    "not-null-django-default": ("low", "post-deploy phase: every running host fills the column"),
+}
+
+
+def _post_phase(item: dict, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
+    """A verdict of a migration that runs after every host runs the new code."""
+    if item["rule"] in _POST_PHASE_RISK:
+        risk, why = _POST_PHASE_RISK[item["rule"]]
+        return dict(item, risk=risk, decided_by=why, backward_incompatible=False)
+    if item["rule"] == "alter-field-set-not-null":  # no old code writes NULL: what is left is the scan
+        stats = item.get("table_stats") or {}
+        rows = stats.get("rows") or 0
+        big = rows >= thresholds.large_table_rows or (stats.get("bytes") or 0) >= thresholds.large_table_bytes
+        numbers = f" ({_stats_text(item['table'], stats)})" if stats else ""
+        return dict(
+            item,
+            risk="high" if big else "medium",
+            backward_incompatible=False,
+            decided_by="post-deploy phase: no old code writes NULL; SET NOT NULL still scans the table under "
+            "ACCESS EXCLUSIVE" + numbers,
+        )
+    return item
+
+
 def _migration_verdicts(
     migration: dict, operations: list[dict], tables: dict, thresholds: Thresholds = DEFAULT_THRESHOLDS
 ) -> list[dict]:
     """Rules about the migration as a whole (its transaction), from its judged operations."""
     v = functools.partial(verdict, tables=tables, thresholds=thresholds)
     out = []
+    kinds = {op.get("type") for op in operations if not op.get("created_in_plan")}
+    if kinds & _EXPAND_OPERATIONS and kinds & _CONTRACT_OPERATIONS:
+        steps = ", ".join(sorted(kinds & (_EXPAND_OPERATIONS | _CONTRACT_OPERATIONS)))
+        out.append(v("mixed-phase-migration", detail=steps))
     atomic = migration.get("atomic", True)
     working = [op for op in operations if op.get("type") == "RunPython" or any(s.strip() for s in _op_statements(op))]
     if not atomic:
@@ -734,6 +780,8 @@ def judge_migration(migration: dict, tables: dict | None = None, thresholds: Thr
     operations = []
     for op in migration.get("operations", []):
         op_verdicts = judge_operation(op, tables, thresholds)
+        if migration.get("phase") == "post":
+            op_verdicts = [_post_phase(item, thresholds) for item in op_verdicts]
         judged = dict(op)
         judged["verdicts"] = op_verdicts
         judged["risk"] = max_risk(v["risk"] for v in op_verdicts)

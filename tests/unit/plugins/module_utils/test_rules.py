@@ -412,3 +412,28 @@ def test_docs_rules_md_is_generated_from_the_registry():
     proc = subprocess.run([sys.executable, str(path.parents[1] / "devtools" / "gen_rules_doc.py"), "--check"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_post_phase_grades_what_is_left_once_the_old_code_is_gone():
+    tables = {"shop_order": {"rows": 50_000, "bytes": 10**7}}
+    drop = op("RemoveField", ['ALTER TABLE "shop_order" DROP COLUMN "legacy" CASCADE;'])
+    not_null = op("AlterField", ['ALTER TABLE "shop_order" ALTER COLUMN "sku" SET NOT NULL;'])
+    rename = op("RenameField", ['ALTER TABLE "shop_order" RENAME COLUMN "a" TO "b";'])
+    pre = _rules.judge_migration(migration("shop.0009_x", drop, not_null, rename), tables)
+    post = _rules.judge_migration(dict(migration("shop.0009_x", drop, not_null, rename), phase="post"), tables)
+    assert [o["risk"] for o in pre["operations"]] == ["high", "high", "high"]
+    # dropping data nobody reads is medium, the NOT NULL scan is graded by size, a rename still breaks the new code
+    assert [o["risk"] for o in post["operations"]] == ["medium", "medium", "high"]
+    assert "post-deploy phase" in post["operations"][0]["verdicts"][0]["decided_by"]
+    big = _rules.judge_migration(dict(migration("shop.0009_x", not_null), phase="post"),
+                                 {"shop_order": {"rows": 5_000_000, "bytes": 10**9}})
+    assert big["risk"] == "high"
+
+
+def test_a_migration_mixing_expand_and_contract_is_flagged():
+    add = op("AddField", [ADD_COL + " NULL;"], field=field(null=True))
+    drop = op("RemoveField", ['ALTER TABLE "shop_order" DROP COLUMN "legacy" CASCADE;'])
+    mixed = _rules.judge_migration(migration("shop.0009_x", add, drop))
+    assert ("mixed-phase-migration", None) in [(v["rule"], v["operation"]) for v in mixed["verdicts"]]
+    only_add = _rules.judge_migration(migration("shop.0009_x", add))
+    assert "mixed-phase-migration" not in {v["rule"] for v in only_add["verdicts"]}
