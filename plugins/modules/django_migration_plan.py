@@ -130,6 +130,15 @@ options:
           - V(zero) unapplies every migration of the app.
         type: str
         required: true
+  post_migrations:
+    description:
+      - Migrations (V(app_label.migration_name)) that run in the post-deploy (contract) phase, after every host
+        runs the new code, besides those whose Migration class sets C(safedeploy_phase = "post").
+      - A post-deploy migration is graded without the old code, for example dropping a column no code reads
+        any more is V(medium) (data removal) instead of V(high). RV(plan[].phase) says each migration's phase.
+    type: list
+    elements: str
+    default: []
   prechecks:
     description:
       - Run read-only data checks against the live tables for the migrations that can fail on existing data.
@@ -223,6 +232,9 @@ plan:
     atomic:
       description: Whether the migration runs in one transaction.
       type: bool
+    phase:
+      description: V(pre) (applied before the rollout) or V(post) (after it; see O(post_migrations)).
+      type: str
     risk:
       description: Highest risk of its verdicts (V(none), V(low), V(medium), V(high)).
       type: str
@@ -485,6 +497,7 @@ def main():
                 busy_table_writes_per_second=dict(type="float", default=0.0),
             ),
         ),
+        post_migrations=dict(type="list", elements="str", default=[]),
         prechecks=dict(type="bool", default=False),
         precheck_timeout=dict(type="float", default=5.0),
     )
@@ -508,6 +521,7 @@ def main():
         "check_missing": params["check_missing"],
         "target": params["target_migration"],
         "prechecks": params["prechecks"],
+        "post_migrations": params["post_migrations"],
         "precheck_timeout_ms": int(params["precheck_timeout"] * 1000),
     }
     reply = _django_runner.run_helper(module, params, "plan", payload)

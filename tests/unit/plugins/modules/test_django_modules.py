@@ -66,7 +66,8 @@ def test_plan_fail_on_block_false_reports(helper):
     assert result["pending"] == ["shop.0002_x", "shop.0003_x"]
     assert [m["risk"] for m in result["plan"]] == ["high", "low"]
     assert calls == [
-        ("plan", {"check_missing": False, "target": None, "prechecks": False, "precheck_timeout_ms": 5000})
+        ("plan", {"check_missing": False, "target": None, "prechecks": False, "precheck_timeout_ms": 5000,
+                  "post_migrations": []})
     ]
 
 
