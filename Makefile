@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export PATH := $(BIN):$(PATH)
 
-.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy
+.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy bench-lock-queue
 
 deps: $(VENV)/.installed .build/collections/ansible_collections/safedeploy/django
 	@bash devtools/system-deps.sh
@@ -40,6 +40,11 @@ bench-plan-speed: deps
 
 bench-accuracy: deps
 	$(BIN)/python benchmarks/accuracy/run.py
+
+# App query latency while a migration queues behind a long transaction: manage.py migrate vs
+# django_migrate_once with lock_timeout and retries (goal: worst app latency <= lock_timeout x 1.2).
+bench-lock-queue: deps
+	$(BIN)/python benchmarks/lock_queue/run.py
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .

@@ -152,7 +152,7 @@ class Cluster:
         result = self._run([self.bin("pg_ctl"), "status", "-D", str(self.datadir)], check=False)
         return result.returncode == 0
 
-    def init(self) -> None:
+    def _prepare_base(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         self._chown(self.base)
         # root-owned parents must be traversable by the service user
@@ -162,6 +162,9 @@ class Cluster:
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
+
+    def init(self) -> None:
+        self._prepare_base()
         pwfile = self.base / "pwfile"
         pwfile.write_text(self.superuser_password + "\n")
         os.chmod(pwfile, 0o600)
@@ -216,6 +219,66 @@ class Cluster:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
         shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    # -- streaming replica ---------------------------------------------
+    def create_replica(self, base: Path, port: int | None = None, timeout: float = 60.0) -> Cluster:
+        """A hot-standby streaming replica of this (running) cluster, started and in recovery.
+
+        ``pg_basebackup -R`` over the unix socket as the superuser (initdb's
+        pg_hba.conf trusts local replication connections) into ``base/data``,
+        then started on its own free port as the same OS user as the primary.
+        The replica shares the primary's roles and passwords. Stop it with
+        ``destroy()`` before the primary.
+        """
+        if not self.running():
+            raise RuntimeError(f"the primary in {self.base} is not running")
+        settings = dict(
+            line.split("|", 1)
+            for line in self.psql(
+                "SELECT name || '|' || setting FROM pg_settings WHERE name IN ('wal_level', 'max_wal_senders')"
+            ).splitlines()
+        )
+        if settings.get("wal_level") == "minimal" or int(settings.get("max_wal_senders", "0")) < 1:
+            raise RuntimeError(f"the primary cannot stream WAL to a replica: {settings}")
+        replica = Cluster(base, port=port or free_port(), bindir=self.bindir)
+        if replica.initialized():
+            raise RuntimeError(f"{replica.datadir} already holds a cluster")
+        replica.superuser_password = self.superuser_password
+        replica._prepare_base()
+        self._run(
+            [
+                self.bin("pg_basebackup"),
+                "-D", str(replica.datadir),
+                "-h", str(self.sockdir), "-p", str(self.port), "-U", SUPERUSER,
+                "-R", "-X", "stream", "--no-sync", "-c", "fast",
+            ]
+        )
+        # pg_basebackup -R wrote standby.signal and primary_conninfo (the socket, no password)
+        with open(replica.datadir / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            conf.write("hot_standby = on\n")
+        replica._write_state()
+        replica.start()
+        deadline = time.monotonic() + timeout
+        while replica.psql("SELECT pg_is_in_recovery()") != "t":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replica on port {replica.port} is not in recovery after {timeout}s")
+            time.sleep(0.2)
+        self.wait_replayed(replica, timeout=timeout)
+        return replica
+
+    def wait_replayed(self, replica: Cluster, timeout: float = 30.0) -> None:
+        """Wait until ``replica`` has replayed everything this primary has written so far."""
+        target = self.psql("SELECT pg_current_wal_lsn()")
+        deadline = time.monotonic() + timeout
+        while True:
+            done = replica.psql(
+                f"SELECT pg_last_wal_replay_lsn() IS NOT NULL AND pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+            )
+            if done == "t":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replica on port {replica.port} did not replay up to {target} in {timeout}s")
+            time.sleep(0.1)
 
     # -- SQL -------------------------------------------------------------
     def psql(self, sql: str, database: str = "postgres") -> str:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -493,7 +494,7 @@ def _clone_state(state, key):
     return clone
 
 
-def _walk_plan(executor, plan, connection) -> list[dict]:
+def _walk_plan(executor, plan, connection, post_ids=()) -> list[dict]:
     """Collect facts and SQL for every operation of ``plan`` in one forward pass.
 
     Mirrors Migration.apply(collect_sql=True) one operation at a time so that an
@@ -577,6 +578,7 @@ def _walk_plan(executor, plan, connection) -> list[dict]:
                 "initial": bool(getattr(migration, "initial", False)),
                 "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
                 "direction": "forwards",
+                "phase": _migration_phase(migration, post_ids),
                 "file": _migration_file(migration),
                 "operations": operations,
             }
@@ -975,6 +977,114 @@ def _migration_file(migration):
     return os.path.abspath(path) if path else None
 
 
+# ---------------------------------------------------------------------------
+# Deploy phases and the plan digest (shared by the planner and migrate)
+
+PHASES = ("pre", "post")
+
+
+def _migration_phase(migration, post_ids=()) -> str:
+    """"post" when the Migration class says ``safedeploy_phase = "post"`` or its id (or the id of a
+    migration it replaces) is in ``post_ids``; else "pre". Any other attribute value is an error."""
+    mid = f"{migration.app_label}.{migration.name}"
+    value = getattr(migration, "safedeploy_phase", None)
+    if value is not None and value not in PHASES:
+        raise HelperError(
+            "bad_phase",
+            f"migration {mid} has safedeploy_phase = {value!r}: set it to \"pre\" or \"post\" in its Migration "
+            "class (or remove it: a migration is \"pre\" unless it says otherwise).",
+            migration=mid,
+        )
+    post_ids = set(post_ids or ())
+    if value == "post" or mid in post_ids:
+        return "post"
+    if any(f"{a}.{n}" in post_ids for a, n in (migration.replaces or ())):
+        return "post"
+    return "pre"
+
+
+def _check_post_ids(loader, post_ids) -> None:
+    """Every id of post_migrations must name a migration on disk: a typo would run a destructive
+    migration in the pre phase."""
+    unknown = []
+    for mid in post_ids or ():
+        app_label, _dot, name = str(mid).partition(".")
+        if (app_label, name) not in loader.disk_migrations and (app_label, name) not in loader.graph.nodes:
+            unknown.append(str(mid))
+    if unknown:
+        raise HelperError(
+            "bad_phase",
+            f"post_migrations names {', '.join(repr(m) for m in unknown)}, which is not a migration of this "
+            "project: give each as app_label.migration_name (e.g. shop.0007_remove_order_legacy) or remove it.",
+        )
+
+
+def _phase_selection(executor, plan, phase: str, post_ids=()):
+    """Split a forward plan for a deploy phase: (selected plan items, deferred, post_pending).
+
+    ``all`` and ``post`` select everything pending. ``pre`` selects the pre migrations that do not
+    depend, through pending migrations, on a pending post migration; those that do are deferred
+    (``{id, reason}``), and the pending post migrations are listed in post_pending.
+    """
+    phases = {(m.app_label, m.name): _migration_phase(m, post_ids) for m, _backwards in plan}
+    if phase != "pre":
+        return list(plan), [], []
+    graph = executor.loader.graph
+    waits_for: dict[tuple, tuple[str, list[str]]] = {}  # key -> (post migration id, deferred ids in between)
+    selected, deferred, post_pending = [], [], []
+    for migration, backwards in plan:  # plan order: parents first
+        key = (migration.app_label, migration.name)
+        mid = f"{key[0]}.{key[1]}"
+        if phases[key] == "post":
+            waits_for[key] = (mid, [])
+            post_pending.append(mid)
+            continue
+        node = graph.node_map.get(key)
+        cause = None
+        for parent in sorted(node.parents, key=lambda n: n.key) if node is not None else ():
+            if parent.key in waits_for:
+                post_id, via = waits_for[parent.key]
+                if phases.get(parent.key) != "post":  # a deferred pre migration in between
+                    via = [*via, f"{parent.key[0]}.{parent.key[1]}"]
+                cause = (post_id, via)
+                break
+        if cause is None:
+            selected.append((migration, backwards))
+            continue
+        waits_for[key] = cause
+        post_id, via = cause
+        reason = f"depends on the post-deploy migration {post_id}"
+        if via:
+            reason += f" (through {', '.join(via)})"
+        deferred.append({"id": mid, "reason": reason + ": it runs in phase post"})
+    return selected, deferred, post_pending
+
+
+def _migration_file_sha256(migration) -> str:
+    path = _migration_file(migration)
+    if not path:
+        return "nofile"
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return "nofile"
+
+
+def _plan_digest(plan_items) -> str:
+    """sha256 over "app_label.name<TAB>sha256 of the migration file (or nofile)<LF>" in plan order.
+
+    ``plan_items``: migrations or (migration, backwards) pairs. Equal digests mean the same
+    migrations, in the same order, from the same files.
+    """
+    digest = hashlib.sha256()
+    for item in plan_items:
+        migration = item[0] if isinstance(item, (tuple, list)) else item
+        line = f"{migration.app_label}.{migration.name}\t{_migration_file_sha256(migration)}\n"
+        digest.update(line.encode("utf-8"))
+    return digest.hexdigest()
+
+
 def _names_list(names, limit: int = 20) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
@@ -1208,11 +1318,13 @@ def action_plan(request: dict) -> dict:
         executor = _executor(connection)
         plan, migration_target = _target_plan(executor, request.get("target"))
         direction = _plan_direction(plan)
+        post_ids = list(request.get("post_migrations") or [])
+        _check_post_ids(executor.loader, post_ids)
         started = time.monotonic()
         if direction == "backwards":
             migrations = _walk_backwards(executor, plan, connection)
         else:
-            migrations = _walk_plan(executor, plan, connection)
+            migrations = _walk_plan(executor, plan, connection, post_ids)
         walk_seconds = time.monotonic() - started
         tables = set()
         for migration in migrations:
@@ -1233,6 +1345,13 @@ def action_plan(request: dict) -> dict:
         "tables": sizes,
         "timings": {"walk_seconds": round(walk_seconds, 3)},
         "prechecks_ran": prechecks_ran,
+        # what django_migrate_once compares with expected_plan_digest (forward plans only)
+        "plan_digest": _plan_digest(plan) if direction != "backwards" else None,
+        "plan_digests": (
+            {"all": _plan_digest(plan), "pre": _plan_digest(_phase_selection(executor, plan, "pre", post_ids)[0])}
+            if direction != "backwards"
+            else None
+        ),
     }
 
 
@@ -1351,10 +1470,495 @@ def _migrate_command_class():
     return RecordingMigrate
 
 
-def action_migrate(request: dict) -> dict:
+# -- migrate: retries, blockers, INVALID indexes, phases, verification
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout fired
+_QUERY_CANCELED = "57014"  # statement_timeout fired (or a cancel): never retried
+_CREATE_INDEX_CONCURRENTLY = re.compile(
+    r'\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(?!ON\b)("(?:[^"]|"")+"|[^\s("]+)\s+ON\b',
+    re.I,
+)
+_PASSWORD_LITERAL = re.compile(r"""(\bPASSWORD\b\s*(?:=\s*)?)('(?:[^']|'')*'|"(?:[^"]|"")*"|\S+)""", re.I)
+WATCH_INTERVAL = 0.2
+BLOCKER_QUERY_CHARS = 200
+
+
+def _sqlstate(exc) -> str | None:
+    """The SQLSTATE of a database error, looked for along the exception chain (Django wraps the driver's)."""
+    seen = set()
+    current = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if code:
+            return str(code)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _backend_pid(connection) -> int | None:
+    raw = connection.connection
+    with contextlib.suppress(Exception):
+        return int(raw.info.backend_pid)  # psycopg 3
+    with contextlib.suppress(Exception):
+        return int(raw.get_backend_pid())  # psycopg 2
+    with contextlib.suppress(Exception), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+    return None
+
+
+def _set_session_guards(connection) -> None:
+    """PostgreSQL >= 14: notice a vanished client (runner killed with -9) within a second, and roll back,
+    instead of running the statement to its end."""
+    from django.db import DatabaseError
+
+    if (getattr(connection, "pg_version", 0) or 0) < 140000:
+        return
+    # not supported on every platform: best effort
+    with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('client_connection_check_interval', '1s', false)")
+
+
+def _blocker_query(text, secrets) -> str | None:
+    """Another session's query text, safe to show: secrets masked, PASSWORD literals masked,
+    whitespace collapsed, at most 200 characters (masked before cutting, so no secret is cut in half)."""
+    if text is None:
+        return None
+    text = scrub(str(text), secrets)
+    text = _PASSWORD_LITERAL.sub(lambda m: m.group(1) + "********", text)
+    text = " ".join(text.split())
+    return text[:BLOCKER_QUERY_CHARS]
+
+
+class _BlockerWatcher:
+    """Polls pg_blocking_pids(<migrating backend>) every 0.2 s from its own connection, and records
+    each distinct session that blocked the migration. Never fails the migration: errors are recorded."""
+
+    def __init__(self, connection, interval: float = WATCH_INTERVAL):
+        import threading
+
+        self._source = connection
+        self.interval = interval
+        self.pid: int | None = None
+        self.attempt = 0
+        self.blockers: dict[int, dict] = {}
+        self.by_attempt: dict[int, list[int]] = {}
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="safedeploy-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        secrets = _known_secrets()
+        watch = None
+        failures = 0
+        try:
+            watch = self._source.copy()  # a wrapper of this thread, with its own session
+            watch.ensure_connection()
+            with watch.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('application_name', %s, false), set_config('statement_timeout', '5s', false), "
+                    "set_config('lock_timeout', '1s', false)",
+                    [f"safedeploy.watch {socket.gethostname()} pid {os.getpid()}"[:63]],
+                )
+            while not self._stop.is_set():
+                if self.pid:
+                    try:
+                        self._poll(watch, self.pid, self.attempt, secrets)
+                        failures = 0
+                    except Exception as exc:  # noqa: BLE001 - watching is best effort
+                        self.error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+                        failures += 1
+                        if failures >= 5:
+                            return
+                self._stop.wait(self.interval)
+        except Exception as exc:  # noqa: BLE001
+            self.error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+        finally:
+            if watch is not None:
+                with contextlib.suppress(Exception):
+                    watch.close()
+
+    def _poll(self, watch, pid: int, attempt: int, secrets) -> None:
+        with watch.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.pid, a.application_name, a.usename, host(a.client_addr), a.state, "
+                "extract(epoch FROM now() - a.xact_start)::float8, a.query, a.wait_event_type, a.wait_event "
+                "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(%s)) ORDER BY a.pid",
+                [pid],
+            )
+            rows = cursor.fetchall()
+        for bpid, app, user, addr, state, age, query, wait_type, wait_event in rows:
+            age = None if age is None else round(float(age), 3)
+            seen = self.by_attempt.setdefault(attempt, [])
+            if bpid not in seen:
+                seen.append(bpid)
+            known = self.blockers.get(bpid)
+            if known is not None:
+                if age is not None and (known["xact_age_seconds"] or 0) < age:
+                    known["xact_age_seconds"] = age
+                continue
+            self.blockers[bpid] = {
+                "pid": bpid,
+                "application_name": app,
+                "user": user,
+                "client_addr": addr,
+                "state": state,
+                "xact_age_seconds": age,
+                "query": _blocker_query(query, secrets),
+                "wait_event_type": wait_type,
+                "wait_event": wait_event,
+                "seen_at": attempt,
+            }
+
+
+def _describe_blockers(blockers: list[dict]) -> str:
+    parts = []
+    for b in blockers:
+        age = f", transaction open for {b['xact_age_seconds']:g}s" if b.get("xact_age_seconds") is not None else ""
+        parts.append(
+            f"pid {b['pid']} (application_name '{b.get('application_name') or ''}', user {b.get('user')}, "
+            f"from {b.get('client_addr') or 'local socket'}, state '{b.get('state')}'{age}, "
+            f"query: {b.get('query') or '?'})"
+        )
+    return "; ".join(parts)
+
+
+def _concurrent_index_names(migration) -> set[str]:
+    """Names of the indexes a migration builds CONCURRENTLY (AddIndexConcurrently, RunSQL CREATE INDEX
+    CONCURRENTLY, also inside SeparateDatabaseAndState): what a failed build may leave INVALID."""
+    from django.db import migrations as ops
+
+    names: set[str] = set()
+
+    def visit(op):
+        if any(cls.__name__ == "AddIndexConcurrently" for cls in type(op).__mro__):
+            name = getattr(getattr(op, "index", None), "name", None)
+            if name:
+                names.add(str(name))
+        elif isinstance(op, ops.RunSQL):
+            for statement in _sql_text(op.sql):
+                for match in _CREATE_INDEX_CONCURRENTLY.finditer(statement):
+                    ident = match.group(1)
+                    names.add(ident[1:-1].replace('""', '"') if ident.startswith('"') else ident.lower())
+        elif isinstance(op, ops.SeparateDatabaseAndState):
+            for sub in op.database_operations:
+                visit(sub)
+
+    for op in migration.operations:
+        with contextlib.suppress(Exception):  # a custom operation we cannot read: nothing to clean up
+            visit(op)
+    return names
+
+
+def _invalid_indexes(connection) -> list[dict]:
+    """INVALID indexes (pg_index.indisvalid = false) in the current schemas, except those being built now."""
+    building = ""
+    if (getattr(connection, "pg_version", 0) or 0) >= 120000:
+        building = "AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid) "
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n.nspname, c.relname, t.relname FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_class t ON t.oid = i.indrelid "
+            "WHERE NOT i.indisvalid AND n.nspname = ANY(current_schemas(false)) " + building + "ORDER BY 1, 2"
+        )
+        return [{"schema": s, "name": n, "table": t} for s, n, t in cursor.fetchall()]
+
+
+class _DropFailed(Exception):
+    def __init__(self, migration_id: str, index: str, error: Exception):
+        super().__init__(f"DROP INDEX CONCURRENTLY {index} (left INVALID by {migration_id}) failed: {error}")
+        self.migration_id = migration_id
+        self.index = index
+        self.error = error
+
+
+def _drop_invalid_indexes(connection, owners: dict[str, str]) -> list[str]:
+    """DROP INDEX CONCURRENTLY IF EXISTS the INVALID indexes whose names are in ``owners``
+    (index name -> the pending migration that builds it). Outside a transaction (autocommit)."""
+    from django.db import DatabaseError
+
+    if not owners:
+        return []
+    dropped = []
+    q = connection.ops.quote_name
+    for index in _invalid_indexes(connection):
+        if index["name"] not in owners:
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {q(index['schema'])}.{q(index['name'])}")
+        except DatabaseError as exc:
+            raise _DropFailed(owners[index["name"]], index["name"], exc) from exc
+        dropped.append(index["name"])
+    return dropped
+
+
+def _call_migrate(alias: str, selected_keys: set):
+    """Django's own migrate command (signals included), its plan limited to ``selected_keys``.
+
+    The command builds its executor from its module's MigrationExecutor: for the call, that name
+    points at a subclass whose plan (not the clean-start full plan) keeps the selected migrations
+    only, in migrate's order. Returns (command, output text, exception or None).
+    """
     import io
 
     from django.core.management import call_command
+    from django.core.management.commands import migrate as migrate_module
+
+    base = migrate_module.MigrationExecutor
+
+    class PhaseExecutor(base):
+        def migration_plan(self, targets, clean_start=False):
+            plan = super().migration_plan(targets, clean_start=clean_start)
+            if clean_start:
+                return plan
+            return [(m, backwards) for m, backwards in plan if (m.app_label, m.name) in selected_keys]
+
+    command = _migrate_command_class()()
+    output = io.StringIO()
+    error = None
+    migrate_module.MigrationExecutor = PhaseExecutor
+    try:
+        call_command(command, database=alias, interactive=False, verbosity=1, stdout=output, stderr=output)
+    except Exception as exc:  # noqa: BLE001 - a half-applied state must be reported
+        error = exc
+    finally:
+        migrate_module.MigrationExecutor = base
+    return command, output.getvalue(), error
+
+
+def _backoff(retry_delay: float, attempt: int) -> float:
+    import random
+
+    return min(30.0, retry_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def _migrate_with_retries(connection, alias: str, selected: list, request: dict, reply: dict, watcher) -> dict | None:
+    """Run migrate for ``selected``; on lock_timeout (55P03) back off and run it again, up to ``retries`` times.
+
+    Before every attempt, the INVALID indexes left by a failed CONCURRENTLY build of a still-pending
+    non-atomic migration are dropped. Fills reply's applied/attempts; returns the final failure or None.
+    """
+    retries = max(0, int(request.get("retries", 3) or 0))
+    retry_delay = max(0.0, float(request.get("retry_delay", 2.0) or 0.0))
+    selected_keys = {(m.app_label, m.name) for m, _backwards in selected}
+    applied: list[dict] = reply["applied"]
+    attempts: list[dict] = reply["attempts"]
+    number = 0
+    while True:
+        number += 1
+        watcher.attempt = number
+        started = time.monotonic()
+        attempt = {"attempt": number, "applied": [], "failed": None, "invalid_indexes_dropped": [],
+                   "blockers": [], "seconds": 0.0, "backoff_seconds": None}
+        attempts.append(attempt)
+        done = {a["id"] for a in applied}
+        owners = {}
+        for migration, _backwards in selected:
+            mid = f"{migration.app_label}.{migration.name}"
+            if mid not in done and not migration.atomic:
+                for name in _concurrent_index_names(migration):
+                    owners.setdefault(name, mid)
+        error = failed = None
+        try:
+            attempt["invalid_indexes_dropped"] = _drop_invalid_indexes(connection, owners)
+        except _DropFailed as exc:
+            error = exc.error
+            failed = {"id": exc.migration_id, "atomic": False,
+                      "error": f"{type(exc.error).__name__}: {str(exc).strip()}"}
+        if error is None:
+            watcher.pid = _backend_pid(connection)
+            command, output, error = _call_migrate(alias, selected_keys)
+            reply["output"] = output[-4000:]
+            for item in command.applied:
+                applied.append(dict(item, attempt=number))
+                attempt["applied"].append(item["id"])
+            if error is not None:
+                failed = {"id": command.current, "atomic": command.current_atomic,
+                          "error": f"{type(error).__name__}: {str(error).strip()}"}
+        attempt["seconds"] = round(time.monotonic() - started, 3)
+        attempt["blockers"] = list(watcher.by_attempt.get(number, []))
+        if error is None:
+            return None
+        code = _sqlstate(error)
+        failed["sqlstate"] = code
+        attempt["failed"] = failed
+        if code != _LOCK_NOT_AVAILABLE or number > retries:
+            return dict(failed, exception=error)
+        delay = _backoff(retry_delay, number)
+        attempt["backoff_seconds"] = round(delay, 3)
+        time.sleep(delay)
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        import math
+
+        return value if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _check_matches(got, expect) -> bool:
+    """Equal as text (str(got) == str(expect)) or as numbers."""
+    from decimal import Decimal, InvalidOperation
+
+    if str(got) == str(expect):
+        return True
+    if isinstance(got, bool) or isinstance(expect, bool) or got is None or expect is None:
+        return False
+    try:
+        return Decimal(str(got)) == Decimal(str(expect))
+    except (InvalidOperation, ValueError):
+        return False
+
+
+def _run_check(connection, check: dict, timeout_ms: int) -> dict:
+    """One user check: its SQL in a READ ONLY transaction under statement_timeout, always rolled back.
+    ``got`` is the first column of the first row (null without a row)."""
+    from django.db import DatabaseError, transaction
+
+    result = {"name": check.get("name"), "sql": check.get("sql"), "expect": check.get("expect"), "got": None,
+              "status": "error", "seconds": 0.0, "message": ""}
+    started = time.monotonic()
+    try:
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION READ ONLY")
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    [f"{timeout_ms}ms", f"{timeout_ms}ms"],
+                )
+                cursor.execute(str(check.get("sql") or ""))
+                row = cursor.fetchone() if cursor.description else None
+            transaction.set_rollback(True, using=connection.alias)
+        got = _jsonable(row[0]) if row else None
+        result["got"] = got
+        if _check_matches(got, check.get("expect")):
+            result.update(status="pass", message=f"got {got!r} as expected")
+        else:
+            result.update(status="fail", message=f"expected {check.get('expect')!r}, got {got!r}")
+    except DatabaseError as exc:
+        code = _sqlstate(exc)
+        if code in (_QUERY_CANCELED, _LOCK_NOT_AVAILABLE):
+            detail = f"did not finish within check_timeout ({timeout_ms} ms)"
+        else:
+            detail = f"{type(exc.__cause__ or exc).__name__}: {_first_line(str(exc))}"
+        result["message"] = f"error (SQLSTATE {code or '?'}): {detail}"
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def _skipped_checks(checks: list, reason: str) -> list[dict]:
+    return [
+        {"name": c.get("name"), "sql": c.get("sql"), "expect": c.get("expect"), "got": None, "status": "skipped",
+         "seconds": 0.0, "message": f"skipped: {reason}"}
+        for c in checks
+    ]
+
+
+def _verify(connection, request: dict, phase: str, post_ids, skip_checks: str | None = None) -> dict:
+    """After migrate, still under the lock: nothing pending for the phase, no INVALID index, user checks pass."""
+    from django.db import DatabaseError
+
+    checks = list(request.get("checks") or [])
+    timeout_ms = max(1, int(float(request.get("check_timeout", 30) or 30) * 1000))
+    verification = {"ok": False, "pending_after": [], "invalid_indexes": [], "checks": []}
+    try:
+        executor = _executor(connection)
+        selected, _deferred, _post = _phase_selection(executor, _pending_plan(executor), phase, post_ids)
+        verification["pending_after"] = [f"{m.app_label}.{m.name}" for m, _backwards in selected]
+        verification["invalid_indexes"] = [i["name"] for i in _invalid_indexes(connection)]
+    except (DatabaseError, HelperError) as exc:
+        verification["error"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
+    if skip_checks:
+        verification["checks"] = _skipped_checks(checks, skip_checks)
+    else:
+        verification["checks"] = [_run_check(connection, check, timeout_ms) for check in checks]
+    verification["ok"] = (
+        "error" not in verification
+        and not verification["pending_after"]
+        and not verification["invalid_indexes"]
+        and all(c["status"] in ("pass", "skipped") for c in verification["checks"])
+    )
+    return verification
+
+
+def _verification_problems(verification: dict, phase: str) -> list[str]:
+    problems = []
+    for check in verification.get("checks") or ():
+        if check["status"] == "fail":
+            problems.append(f"check '{check['name']}' expected {check['expect']!r}, got {check['got']!r}")
+        elif check["status"] == "error":
+            problems.append(f"check '{check['name']}' {check['message']}")
+    if verification.get("pending_after"):
+        problems.append(f"still pending for phase {phase}: {', '.join(verification['pending_after'])}")
+    if verification.get("invalid_indexes"):
+        problems.append(
+            f"INVALID index(es) (a failed CREATE INDEX CONCURRENTLY; drop and rebuild them): "
+            f"{', '.join(verification['invalid_indexes'])}"
+        )
+    if verification.get("error"):
+        problems.append(f"verification could not read the database: {verification['error']}")
+    return problems
+
+
+def _failure_message(failure: dict, applied: list[dict], attempts: list[dict], blockers: list[dict],
+                     request: dict) -> str:
+    exc = failure["exception"]
+    message = (
+        f"migration {failure['id'] or '(before any migration started)'} failed: {type(exc).__name__}: "
+        f"{_first_line(str(exc))}. Applied before the failure: {', '.join(a['id'] for a in applied) or 'nothing'}."
+    )
+    if failure.get("atomic") is False:
+        message += " It is not atomic: the operations before the failing one stay applied."
+    code = failure.get("sqlstate")
+    tries = f" after {len(attempts)} attempt(s)" if len(attempts) > 1 else ""
+    if code == _LOCK_NOT_AVAILABLE:
+        last = attempts[-1].get("blockers") or []
+        named = [b for b in blockers if b["pid"] in last] or blockers
+        message += (
+            f" It waited longer than lock_timeout={request.get('lock_timeout')} for a lock{tries}"
+            + (f"; blocked by {_describe_blockers(named)}" if named else "")
+            + ". End or shorten the blocking transactions, or raise lock_timeout or retries."
+        )
+    elif code == _QUERY_CANCELED:
+        message += (
+            f" A statement ran longer than statement_timeout={request.get('statement_timeout')} (not retried): "
+            "raise statement_timeout, or make the migration cheaper."
+        )
+    return message
+
+
+def _post_ids(request: dict) -> list[str]:
+    return [str(m) for m in (request.get("post_migrations") or [])]
+
+
+def _refuse_changed_plan(request: dict, digest: str, details: dict) -> None:
+    expected = request.get("expected_plan_digest")
+    if expected and str(expected).strip().lower() != digest:
+        raise HelperError(
+            "plan_changed",
+            f"refusing to migrate: the pending plan's digest is {digest}, the approved one (expected_plan_digest) "
+            f"is {expected}. The migrations changed since the plan was approved; re-run the plan, review it, and "
+            "pass its new plan_digest.",
+            expected_plan_digest=expected,
+            **dict(details, plan_digest=digest),
+        )
+
+
+def action_migrate(request: dict) -> dict:
     from django.db import DatabaseError
 
     alias = request.get("database") or "default"
@@ -1363,6 +1967,11 @@ def action_migrate(request: dict) -> dict:
     key = lock_key(connection.settings_dict.get("NAME") or connection.connection.info.dbname, lock_name)
     lock_info = {"key": key, "name": lock_name, "waited": 0.0, "acquired": False}
     check_mode = bool(request.get("check_mode"))
+    phase = request.get("phase") or "all"
+    if phase not in ("all", *PHASES):
+        raise HelperError("bad_phase", f"phase must be all, pre or post, not {phase!r}")
+    post_ids = _post_ids(request)
+    checks = list(request.get("checks") or [])
 
     lock_conn = connection.copy()
     try:
@@ -1375,6 +1984,7 @@ def action_migrate(request: dict) -> dict:
     except DatabaseError as exc:
         raise _classify_db_error(exc, connection) from exc
 
+    watcher = None
     try:
         if check_mode:
             target = _fingerprint(connection)
@@ -1385,17 +1995,35 @@ def action_migrate(request: dict) -> dict:
                 _unlock(lock_conn, key)
             else:
                 holders = _lock_holders(lock_conn, key)
-            executor = _executor(connection)
-            would_apply = [f"{m.app_label}.{m.name}" for m, _backwards in _pending_plan(executor)]
             lock_info.update(free=free, holders=holders)
+            executor = _executor(connection)
+            _check_post_ids(executor.loader, post_ids)
+            full_plan = _pending_plan(executor)
+            selected, deferred, post_pending = _phase_selection(executor, full_plan, phase, post_ids)
+            digest = _plan_digest(selected)
+            would_apply = [f"{m.app_label}.{m.name}" for m, _backwards in selected]
+            _refuse_changed_plan(request, digest, {"target": target, "lock": lock_info, "phase": phase})
             return {
                 "ok": True,
                 "check_mode": True,
                 "changed": bool(would_apply),
                 "would_apply": would_apply,
-                "pending_before": would_apply,
+                "pending_before": [f"{m.app_label}.{m.name}" for m, _backwards in full_plan],
+                "phase": phase,
+                "deferred": deferred,
+                "post_pending": post_pending,
+                "plan_digest": digest,
                 "applied": [],
+                "attempts": [],
+                "retries_used": 0,
+                "blockers": [],
                 "failed": None,
+                "verification": {
+                    "ok": None,
+                    "pending_after": None,
+                    "invalid_indexes": [i["name"] for i in _invalid_indexes(connection)],
+                    "checks": _skipped_checks(checks, "check mode"),
+                },
                 "target": target,
                 "lock": lock_info,
             }
@@ -1421,55 +2049,76 @@ def action_migrate(request: dict) -> dict:
         target = _fingerprint(connection)
         _check_expected(target, request.get("expected") or {}, bool(request.get("allow_replica")))
         executor = _executor(connection)
-        pending_before = [f"{m.app_label}.{m.name}" for m, _backwards in _pending_plan(executor)]
+        _check_post_ids(executor.loader, post_ids)
+        full_plan = _pending_plan(executor)
+        pending_before = [f"{m.app_label}.{m.name}" for m, _backwards in full_plan]
+        selected, deferred, post_pending = _phase_selection(executor, full_plan, phase, post_ids)
+        digest = _plan_digest(selected)
         reply = {
             "ok": True,
             "check_mode": False,
             "changed": False,
             "applied": [],
             "pending_before": pending_before,
+            "phase": phase,
+            "deferred": deferred,
+            "post_pending": post_pending,
+            "plan_digest": digest,
+            "attempts": [],
+            "retries_used": 0,
+            "blockers": [],
             "failed": None,
+            "verification": None,
             "target": target,
             "lock": lock_info,
         }
-        if not pending_before:
-            return reply
-        _set_timeouts(connection, request)
-        command = _migrate_command_class()()
-        output = io.StringIO()
-        try:
-            call_command(command, database=alias, interactive=False, verbosity=1, stdout=output, stderr=output)
-        except Exception as exc:  # noqa: BLE001 - a half-applied state must be reported
-            failed_id = command.current
+        _refuse_changed_plan(
+            request, digest, {"target": target, "lock": lock_info, "phase": phase, "pending_before": pending_before}
+        )
+        failure = None
+        if selected:
+            _set_timeouts(connection, request)
+            _set_session_guards(connection)
+            watcher = _BlockerWatcher(connection)
+            watcher.start()
+            try:
+                failure = _migrate_with_retries(connection, alias, selected, request, reply, watcher)
+            finally:
+                watcher.stop()
+            reply["blockers"] = list(watcher.blockers.values())
+            if watcher.error:
+                reply["watch_error"] = watcher.error
+            reply["retries_used"] = max(0, len(reply["attempts"]) - 1)
+        dropped = [name for a in reply["attempts"] for name in a["invalid_indexes_dropped"]]
+        reply["changed"] = bool(reply["applied"] or dropped)
+        reply["verification"] = _verify(
+            connection, request, phase, post_ids, skip_checks="the migration failed" if failure else None
+        )
+        if failure is not None:
+            applied_ids = {a["id"] for a in reply["applied"]}
             reply.update(
                 ok=False,
                 error_kind="migration_failed",
-                changed=bool(command.applied),
-                applied=command.applied,
-                failed={
-                    "id": failed_id,
-                    "atomic": command.current_atomic,
-                    "error": f"{type(exc).__name__}: {str(exc).strip()}",
-                },
+                failed={k: v for k, v in failure.items() if k != "exception"},
                 not_attempted=[
-                    m for m in pending_before if m != failed_id and m not in {a["id"] for a in command.applied}
+                    f"{m.app_label}.{m.name}" for m, _backwards in selected
+                    if f"{m.app_label}.{m.name}" not in applied_ids and f"{m.app_label}.{m.name}" != failure["id"]
                 ],
-                output=output.getvalue()[-4000:],
-            )
-            partial = ""
-            if command.current_atomic is False:
-                partial = " It is not atomic: the operations before the failing one stay applied."
-            reply["message"] = (
-                f"migration {failed_id or '(before any migration started)'} failed: {type(exc).__name__}: "
-                f"{_first_line(str(exc))}. Applied before the failure: "
-                f"{', '.join(a['id'] for a in command.applied) or 'nothing'}.{partial}"
+                message=_failure_message(failure, reply["applied"], reply["attempts"], reply["blockers"], request),
             )
             return reply
-        reply["applied"] = command.applied
-        reply["changed"] = bool(command.applied)
-        reply["output"] = output.getvalue()[-4000:]
+        problems = _verification_problems(reply["verification"], phase)
+        if problems:
+            reply.update(
+                ok=False,
+                error_kind="verification_failed",
+                message="verification after migrating failed: " + "; ".join(problems) + ". Applied: "
+                + (", ".join(a["id"] for a in reply["applied"]) or "nothing") + ".",
+            )
         return reply
     finally:
+        if watcher is not None:
+            watcher.stop()
         try:
             if lock_info.get("acquired"):
                 _unlock(lock_conn, key)
@@ -1522,7 +2171,30 @@ def handle(request: dict) -> dict:
         }
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the module that started us dies.
+
+    The module starts the helper in a session of its own (so that a timeout can kill the whole
+    group), which also shields it from the signals that stop Ansible (Ctrl-C, a cancelled CI job).
+    Without this, an interrupted deploy would leave the helper migrating, unattended, with the lock.
+    Dying closes both connections: the server releases the lock and rolls the migration back.
+    """
+    parent = os.environ.get("SAFEDEPLOY_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the parent died before prctl took effect
+        os._exit(143)
+
+
 def main() -> int:
+    _die_with_parent()
     real_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
     # Anything Django (or the app) prints goes to stderr, not into our reply.
     os.dup2(2, 1)

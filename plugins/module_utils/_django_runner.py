@@ -212,6 +212,7 @@ def invoke_helper(params: dict, action: str, payload: dict, *, which, popen=subp
     settings = resolve_settings(params)
     secrets = secret_values(params.get("app_environment"))
     env = child_environment(params, settings)
+    env["SAFEDEPLOY_PARENT_PID"] = str(os.getpid())  # the helper dies with us (see _die_with_parent)
     request = dict(payload, action=action, database=params.get("database") or "default", settings=settings)
     timeout = params.get("timeout") or 3600
 

@@ -22,7 +22,6 @@ RISK_RANK = {name: rank for rank, name in enumerate(RISK_LEVELS)}
 ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 
 
-
 @dataclass(frozen=True)
 class Thresholds:
     """What makes a table big, tiny or busy; the module's ``thresholds`` option."""
@@ -598,9 +597,7 @@ def judge_sql(
             if data:
                 data_table = _plain(data.group(2) or data.group(3))
                 if data_table not in new_tables:
-                    verdicts.append(
-                        v("raw-sql-data-change", table=data_table, tables=tables, statement=statement)
-                    )
+                    verdicts.append(v("raw-sql-data-change", table=data_table, statement=statement))
     return verdicts
 
 
@@ -765,7 +762,7 @@ def _migration_verdicts(
         locked = set()
         for op in lockers:
             locked |= set(op.get("tables") or []) - set(op.get("new_tables") or [])
-        out.append(v("several-strong-locks", table=_biggest(locked, tables), tables=tables))
+        out.append(v("several-strong-locks", table=_biggest(locked, tables)))
     return out
 
 
@@ -994,6 +991,8 @@ def assess_plan(
         "pending": [m["id"] for m in plan],
         "direction": reply.get("direction") or ("forwards" if plan else "none"),
         "migration_target": reply.get("migration_target"),
+        "plan_digest": reply.get("plan_digest"),
+        "plan_digests": reply.get("plan_digests") or {},
         "highest_risk": max_risk(m["risk"] for m in plan),
         "missing_migrations": {
             app: [m["name"] if isinstance(m, dict) else m for m in items]

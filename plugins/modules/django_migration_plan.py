@@ -363,6 +363,17 @@ prechecks:
   returned: success
   type: list
   elements: dict
+plan_digest:
+  description:
+    - sha256 of the pending migrations (ids and file contents, in plan order); null for a backwards plan.
+    - Give it to M(safedeploy.django.django_migrate_once) as its C(expected_plan_digest) to refuse migrating
+      anything but the plan that was approved.
+  returned: success
+  type: str
+plan_digests:
+  description: The digest of the whole plan (C(all)) and of its pre-deploy part (C(pre)), for a migrate with that phase.
+  returned: success
+  type: dict
 pending:
   description: Ids of the migrations of the plan (to apply, or to unapply when RV(direction=backwards)), in plan order.
   returned: success

@@ -357,3 +357,120 @@ def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sa
     assert applied_migrations(db_env)[-1] == migration
     assert sandbox.served_versions() == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
     assert summary["failed"] == 0, summary["failures_sample"]
+
+
+FAILING_MIGRATIONS = {
+    "shop/migrations/0009_audit_notes.py": '''from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0008_order_total_index")]
+    operations = [
+        migrations.RunSQL("CREATE TABLE shop_audit_note (id serial PRIMARY KEY, body text)",
+                          "DROP TABLE shop_audit_note"),
+    ]
+''',
+    "shop/migrations/0010_broken.py": '''from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0009_audit_notes")]
+    operations = [
+        migrations.RunSQL("INSERT INTO shop_audit_note (body) SELECT 'x' FROM generate_series(1, 3)",
+                          migrations.RunSQL.noop),
+        migrations.RunSQL("SELECT 1 / 0", migrations.RunSQL.noop),
+    ]
+''',
+}
+
+
+def audit_records(sandbox: Sandbox) -> list[dict]:
+    path = sandbox.hosts_dir / "app1" / "shared" / "migrations-audit.log"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_migration_failing_halfway_stops_before_the_rollout_and_says_where_the_database_is(sandbox, db_env):
+    """Fleet on 3.0.0 (after the previous test). 3.1.0's 0009 applies, its 0010 fails: the deploy
+    stops in the migrate play, no host is switched, and both the failure message and the audit
+    log on the migration host say what was applied and which migration failed (rolled back)."""
+    def add_index(models_py: bytes) -> bytes:
+        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
+        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
+    added = dict(FAILING_MIGRATIONS, **{"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION})
+    artifact = derived_artifact(sandbox, "3.1.0", {"shop/models.py": add_index}, added)
+    before_links = current_links(sandbox)
+    audited = len(audit_records(sandbox))
+
+    run = deploy_release(sandbox, "3.1.0", release_artifact=str(artifact))
+    assert run.rc != 0
+    failed = run.task("Apply the pending migrations once", status="failed")
+    assert len(failed) == 1, explain(run)
+    result = failed[0]["result"]
+    assert [m["id"] for m in result["applied"]] == ["shop.0009_audit_notes"]
+    assert result["failed_migration"]["id"] == "shop.0010_broken" and result["failed_migration"]["atomic"] is True
+    assert "shop.0010_broken failed" in result["msg"] and "Applied before the failure: shop.0009_audit_notes" in (
+        result["msg"])
+    # the database is where the message says: 0009 applied, 0010 rolled back as a whole
+    assert applied_migrations(db_env)[-2:] == ["shop.0008_order_total_index", "shop.0009_audit_notes"]
+    with connect(db_env) as conn:
+        assert conn.execute("SELECT count(*) FROM shop_audit_note").fetchone()[0] == 0
+    # the rollout never started
+    assert not run.task("Point current at the new release")
+    assert current_links(sandbox) == before_links
+    assert sandbox.served_versions() == {"app1": "3.0.0", "app2": "3.0.0", "app3": "3.0.0"}
+
+    records = audit_records(sandbox)
+    assert len(records) == audited + 1
+    last = records[-1]
+    assert last["outcome"] == "failed" and last["context"]["release"] == "3.1.0" and last["phase"] == "pre"
+    assert [a["id"] for a in last["applied"]] == ["shop.0009_audit_notes"]
+    assert last["target"]["database"] == db_env["PGDATABASE"]
+    assert db_env["PGPASSWORD"] not in json.dumps(records)
+
+
+CONTRACT_MIGRATION = '''from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    safedeploy_phase = "post"
+    dependencies = [("shop", "0009_audit_notes")]
+    operations = [
+        migrations.RunSQL("DROP TABLE shop_audit_note",
+                          "CREATE TABLE shop_audit_note (id serial PRIMARY KEY, body text)"),
+    ]
+'''
+
+
+def test_post_deploy_migrations_run_after_every_host_serves_the_new_release(sandbox, db_env):
+    """3.1.1 replaces the broken 0010 by a contract migration marked safedeploy_phase = "post":
+    the migrate play applies nothing new before the rollout, the contract play drops the table
+    only after every host serves 3.1.1, after its own snapshot."""
+    def add_index(models_py: bytes) -> bytes:
+        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
+        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
+    added = {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION,
+             "shop/migrations/0009_audit_notes.py": FAILING_MIGRATIONS["shop/migrations/0009_audit_notes.py"],
+             "shop/migrations/0010_drop_audit_notes.py": CONTRACT_MIGRATION}
+    artifact = derived_artifact(sandbox, "3.1.1", {"shop/models.py": add_index}, added)
+
+    waiver = {"migration": "shop.0010_drop_audit_notes", "rule": "raw-sql-destructive", "reason": "table unused",
+              "approved_by": "e2e", "expires": "2099-12-31"}
+    run = deploy_release(sandbox, "3.1.1", release_artifact=str(artifact), release_waivers=[waiver])
+    assert run.rc == 0, explain(run)
+    plan = run.task("Check for missing migrations and classify the pending ones")[0]["result"]
+    assert {m["id"]: m["phase"] for m in plan["plan"]} == {"shop.0010_drop_audit_notes": "post"}
+    pre = run.task("Apply the pending migrations once")[0]["result"]
+    assert pre["applied"] == [] and pre["post_pending"] == ["shop.0010_drop_audit_notes"], pre
+    contract = run.task("Apply the post-deploy migrations once")[0]["result"]
+    assert [m["id"] for m in contract["applied"]] == ["shop.0010_drop_audit_notes"]
+    assert contract["verification"]["ok"] is True
+    # order: every host switched before the contract migration ran
+    names = [r["task"] for r in run.results]
+    last_switch = max(i for i, name in enumerate(names) if "Point current at the new release" in name)
+    assert last_switch < names.index(next(n for n in names if "Apply the post-deploy migrations once" in n))
+    assert any(name.startswith("precontract-shop-3.1.1") for name in snapshot_files(sandbox))
+    assert sandbox.served_versions() == {"app1": "3.1.1", "app2": "3.1.1", "app3": "3.1.1"}
+    with connect(db_env) as conn:
+        assert conn.execute("SELECT to_regclass('shop_audit_note')").fetchone()[0] is None
+    assert applied_migrations(db_env)[-1] == "shop.0010_drop_audit_notes"

@@ -39,7 +39,8 @@ def roles(pg_cluster):
     setup = documented_sql().replace("ALTER DATABASE shop", f"ALTER DATABASE {database}")
     setup = setup.replace("ON DATABASE shop", f"ON DATABASE {database}")
     for role, password in passwords.items():
-        setup = setup.replace(f"CREATE ROLE {role} LOGIN PASSWORD '...'", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        placeholder = f"CREATE ROLE {role} LOGIN PASSWORD '...'"
+        setup = setup.replace(placeholder, placeholder.replace("...", password))
     pg_cluster.psql(setup, database)
     yield {role: pg_cluster.env(role, password, database) for role, password in passwords.items()}
     pg_cluster.drop_database(database)
@@ -59,8 +60,9 @@ def test_migrations_as_the_migration_role_app_keeps_dml_only(roles):
                       secret=app["PGPASSWORD"])
     assert refused["_status"] == "FAILED!" and "permission denied" in refused["msg"], refused["msg"]
 
-    plan = ansible("django_migration_plan", common(GRAPH, app_environment=migrate_role, fail_on_block=False,
-                                                   fail_on_missing=False), base_env(), secret=migrate_role["PGPASSWORD"])
+    review = {"fail_on_block": False, "fail_on_missing": False}
+    plan = ansible("django_migration_plan", common(GRAPH, app_environment=migrate_role, **review), base_env(),
+                   secret=migrate_role["PGPASSWORD"])
     assert plan["_status"] == "SUCCESS" and plan["target"]["user"] == "shop_migrate"
     result = ansible("django_migrate_once", common(GRAPH, app_environment=migrate_role), base_env(),
                      secret=migrate_role["PGPASSWORD"])
