@@ -10,11 +10,20 @@ export PATH=$BIN:$PATH
 export ANSIBLE_COLLECTIONS_PATH=$REPO/.build/collections
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
+# Each stage gets a temp dir of its own: pytest's default numbered dirs under /tmp/pytest-of-<user>
+# are pruned by any other pytest session on the machine (it keeps the newest three), which would
+# delete the data directory of a PostgreSQL cluster a running stage still uses.
+TEST_TMP=$(mktemp -d /tmp/safedeploy-tests.XXXXXX)
+chmod 0755 "$TEST_TMP"
+trap 'rm -rf "$TEST_TMP"' EXIT
+
 pytest_stage() {
-  "$BIN/python" -m pytest "$@"
+  local stage=$1
+  shift
+  "$BIN/python" -m pytest --basetemp="$TEST_TMP/$stage" "$@"
   local rc=$?
   if [ "$rc" -eq 5 ]; then
-    echo "(no tests collected in $*: not a failure)"
+    echo "(no tests collected in $stage: not a failure)"
     return 0
   fi
   return "$rc"
@@ -55,9 +64,9 @@ sanity() {
   return $rc
 }
 
-unit() { pytest_stage tests/unit -q; }
-integration() { pytest_stage tests/integration -q; }
-e2e() { pytest_stage tests/e2e -q; }
+unit() { pytest_stage unit tests/unit -q; }
+integration() { pytest_stage integration tests/integration -q; }
+e2e() { pytest_stage e2e tests/e2e -q; }
 
 run() {
   local name=$1 start=$SECONDS

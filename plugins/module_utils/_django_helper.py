@@ -494,6 +494,33 @@ def _clone_state(state, key):
     return clone
 
 
+def _close_editor(editor, operations: list[dict], deferred_owner: dict[int, int]) -> None:
+    """Flush the deferred SQL (FKs, indexes of new tables) like a real migration, onto the operation
+    that deferred it; an error there is recorded on the last operation, the walk goes on."""
+    deferred = list(editor.deferred_sql)
+    try:
+        editor.__exit__(None, None, None)
+    except Exception as exc:  # noqa: BLE001
+        if operations:
+            last = operations[-1]
+            last["sql_error"] = last["sql_error"] or f"deferred SQL: {type(exc).__name__}: {_first_line(str(exc))}"
+    for statement in deferred:
+        owner = deferred_owner.get(id(statement))
+        if owner is not None:
+            operations[owner]["sql"].append(str(statement) + ("" if str(statement).rstrip().endswith(";") else ";"))
+
+
+def _operation_statements(facts: dict) -> list[str]:
+    return list(facts["sql"]) + list(facts.get("run_sql", {}).get("sql", []))
+
+
+def _touched_tables(facts: dict) -> set[str]:
+    tables = _tables_in_sql(_operation_statements(facts))
+    if facts.get("table"):
+        tables.add(facts["table"])
+    return tables
+
+
 def _walk_plan(executor, plan, connection, post_ids=()) -> list[dict]:
     """Collect facts and SQL for every operation of ``plan`` in one forward pass.
 
@@ -538,26 +565,12 @@ def _walk_plan(executor, plan, connection, post_ids=()) -> list[dict]:
                         deferred_owner[id(statement)] = index
                 operations.append(facts)
         finally:
-            # Flush deferred SQL (FKs, indexes of new tables) like a real migration does.
-            deferred = list(editor.deferred_sql)
-            try:
-                editor.__exit__(None, None, None)
-            except Exception as exc:  # noqa: BLE001
-                if operations:
-                    last = operations[-1]
-                    error = f"deferred SQL: {type(exc).__name__}: {_first_line(str(exc))}"
-                    last["sql_error"] = last["sql_error"] or error
-        for statement in deferred:
-            owner = deferred_owner.get(id(statement))
-            if owner is not None:
-                operations[owner]["sql"].append(str(statement) + ("" if str(statement).rstrip().endswith(";") else ";"))
+            _close_editor(editor, operations, deferred_owner)
         # Which tables each operation touches, and which of them this plan creates
         # (a table the running code has never seen cannot break it).
         for facts in operations:
-            statements = list(facts["sql"]) + list(facts.get("run_sql", {}).get("sql", []))
-            tables = _tables_in_sql(statements)
-            if facts.get("table"):
-                tables.add(facts["table"])
+            statements = _operation_statements(facts)
+            tables = _touched_tables(facts)
             created_here = {m.group(1).split(".")[-1] for s in statements for m in _CREATE_TABLE.finditer(s)}
             if facts["type"] == "CreateModel" and facts.get("table"):
                 created_here.add(facts["table"])
@@ -1271,24 +1284,9 @@ def _walk_backwards(executor, plan, connection) -> list[dict]:
                         deferred_owner[id(statement)] = len(operations)
                 operations.append(facts)
         finally:
-            deferred = list(editor.deferred_sql)
-            try:
-                editor.__exit__(None, None, None)
-            except Exception as exc:  # noqa: BLE001
-                if operations:
-                    last = operations[-1]
-                    last["sql_error"] = last["sql_error"] or (
-                        f"deferred SQL: {type(exc).__name__}: {_first_line(str(exc))}"
-                    )
-        for statement in deferred:
-            owner = deferred_owner.get(id(statement))
-            if owner is not None:
-                operations[owner]["sql"].append(str(statement) + ("" if str(statement).rstrip().endswith(";") else ";"))
+            _close_editor(editor, operations, deferred_owner)
         for facts in operations:
-            statements = list(facts["sql"]) + list(facts.get("run_sql", {}).get("sql", []))
-            tables = _tables_in_sql(statements)
-            if facts.get("table"):
-                tables.add(facts["table"])
+            tables = _touched_tables(facts)
             facts["tables"] = sorted(tables)
             facts["new_tables"] = []
             facts["created_in_plan"] = False
@@ -1451,17 +1449,19 @@ def _migrate_command_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.applied: list[dict] = []
+            self.unapplied: list[dict] = []  # target_migration: migrated backwards
             self.current: str | None = None
             self.current_atomic: bool | None = None
             self._started = 0.0
 
         def migration_progress_callback(self, action, migration=None, fake=False):
-            if action == "apply_start":
+            if action in ("apply_start", "unapply_start"):
                 self.current = f"{migration.app_label}.{migration.name}"
                 self.current_atomic = bool(migration.atomic)
                 self._started = time.monotonic()
-            elif action == "apply_success":
-                self.applied.append(
+            elif action in ("apply_success", "unapply_success"):
+                done = self.applied if action == "apply_success" else self.unapplied
+                done.append(
                     {"id": self.current, "seconds": round(time.monotonic() - self._started, 3), "fake": bool(fake)}
                 )
                 self.current = None
@@ -1703,8 +1703,9 @@ def _drop_invalid_indexes(connection, owners: dict[str, str]) -> list[str]:
     return dropped
 
 
-def _call_migrate(alias: str, selected_keys: set):
-    """Django's own migrate command (signals included), its plan limited to ``selected_keys``.
+def _call_migrate(alias: str, selected_keys: set, target: dict | None = None):
+    """Django's own migrate command (signals included), its plan limited to ``selected_keys``;
+    with ``target`` ({app_label, name}) it is ``migrate app_label name`` (backwards).
 
     The command builds its executor from its module's MigrationExecutor: for the call, that name
     points at a subclass whose plan (not the clean-start full plan) keeps the selected migrations
@@ -1729,7 +1730,8 @@ def _call_migrate(alias: str, selected_keys: set):
     error = None
     migrate_module.MigrationExecutor = PhaseExecutor
     try:
-        call_command(command, database=alias, interactive=False, verbosity=1, stdout=output, stderr=output)
+        args = [target["app_label"], target.get("name") or "zero"] if target else []
+        call_command(command, *args, database=alias, interactive=False, verbosity=1, stdout=output, stderr=output)
     except Exception as exc:  # noqa: BLE001 - a half-applied state must be reported
         error = exc
     finally:
@@ -1778,11 +1780,14 @@ def _migrate_with_retries(connection, alias: str, selected: list, request: dict,
                       "error": f"{type(exc.error).__name__}: {str(exc).strip()}"}
         if error is None:
             watcher.pid = _backend_pid(connection)
-            command, output, error = _call_migrate(alias, selected_keys)
+            command, output, error = _call_migrate(alias, selected_keys, request.get("target"))
             reply["output"] = output[-4000:]
             for item in command.applied:
                 applied.append(dict(item, attempt=number))
                 attempt["applied"].append(item["id"])
+            for item in command.unapplied:
+                reply.setdefault("unapplied", []).append(dict(item, attempt=number))
+                attempt.setdefault("unapplied", []).append(item["id"])
             if error is not None:
                 failed = {"id": command.current, "atomic": command.current_atomic,
                           "error": f"{type(error).__name__}: {str(error).strip()}"}
@@ -1877,7 +1882,10 @@ def _verify(connection, request: dict, phase: str, post_ids, skip_checks: str | 
     verification = {"ok": False, "pending_after": [], "invalid_indexes": [], "checks": []}
     try:
         executor = _executor(connection)
-        selected, _deferred, _post = _phase_selection(executor, _pending_plan(executor), phase, post_ids)
+        if request.get("target"):  # unapplied down to the target: nothing of its plan is left
+            selected = _target_plan(executor, request["target"])[0]
+        else:
+            selected, _deferred, _post = _phase_selection(executor, _pending_plan(executor), phase, post_ids)
         verification["pending_after"] = [f"{m.app_label}.{m.name}" for m, _backwards in selected]
         verification["invalid_indexes"] = [i["name"] for i in _invalid_indexes(connection)]
     except (DatabaseError, HelperError) as exc:
@@ -1903,7 +1911,7 @@ def _verification_problems(verification: dict, phase: str) -> list[str]:
         elif check["status"] == "error":
             problems.append(f"check '{check['name']}' {check['message']}")
     if verification.get("pending_after"):
-        problems.append(f"still pending for phase {phase}: {', '.join(verification['pending_after'])}")
+        problems.append(f"still pending for {phase}: {', '.join(verification['pending_after'])}")
     if verification.get("invalid_indexes"):
         problems.append(
             f"INVALID index(es) (a failed CREATE INDEX CONCURRENTLY; drop and rebuild them): "
@@ -1943,6 +1951,47 @@ def _failure_message(failure: dict, applied: list[dict], attempts: list[dict], b
 
 def _post_ids(request: dict) -> list[str]:
     return [str(m) for m in (request.get("post_migrations") or [])]
+
+
+def _applied_state(executor) -> dict:
+    """What is applied: ``applied_before`` (the ids recorded in django_migrations, sorted) and ``last_applied``
+    (per app, its last applied migration in migrate's order: what ``migrate app_label name`` goes back to)."""
+    recorded = executor.recorder.applied_migrations()
+    last = {}
+    for migration, _backwards in executor.migration_plan(executor.loader.graph.leaf_nodes(), clean_start=True):
+        if (migration.app_label, migration.name) in executor.loader.applied_migrations:
+            last[migration.app_label] = migration.name
+    return {"applied_before": sorted(f"{a}.{n}" for a, n in recorded), "last_applied": last}
+
+
+def _unapply_selection(executor, target: dict):
+    """target_migration: the plan of ``migrate app_label name``, which must go backwards. Refused before any
+    change when it would apply migrations, or when a migration in it cannot be unapplied."""
+    plan, migration_target = _target_plan(executor, target)
+    direction = _plan_direction(plan)
+    shown = f"{migration_target['app_label']}.{migration_target['name'] or 'zero'}"
+    if direction == "forwards":
+        raise HelperError(
+            "bad_target",
+            f"target_migration {shown} is not applied: migrating to it would apply "
+            f"{_names_list(f'{m.app_label}.{m.name}' for m, _b in plan)}. target_migration only unapplies; "
+            "leave it out to apply migrations.",
+            migration_target=migration_target,
+        )
+    irreversible = []
+    for migration, _backwards in plan:
+        ops = [f"operation {i} ({op.describe()})" for i, op in enumerate(migration.operations) if not op.reversible]
+        if ops:
+            irreversible.append(f"{migration.app_label}.{migration.name}: {', '.join(ops)}")
+    if irreversible:
+        raise HelperError(
+            "irreversible",
+            f"refusing to unapply down to {shown}: {'; '.join(irreversible)} cannot be unapplied (no reverse). "
+            "Nothing was changed. Restore the snapshot taken before the deploy, or roll back the application only.",
+            migration_target=migration_target,
+            irreversible=irreversible,
+        )
+    return plan, migration_target
 
 
 def _refuse_changed_plan(request: dict, digest: str, details: dict) -> None:
@@ -2000,10 +2049,16 @@ def action_migrate(request: dict) -> dict:
             _check_post_ids(executor.loader, post_ids)
             full_plan = _pending_plan(executor)
             selected, deferred, post_pending = _phase_selection(executor, full_plan, phase, post_ids)
+            state = _applied_state(executor)
+            if request.get("target"):
+                selected, state["migration_target"] = _unapply_selection(executor, request["target"])
+                deferred, post_pending = [], []
+                state["would_unapply"] = [f"{m.app_label}.{m.name}" for m, _backwards in selected]
             digest = _plan_digest(selected)
-            would_apply = [f"{m.app_label}.{m.name}" for m, _backwards in selected]
+            would_apply = [] if request.get("target") else [f"{m.app_label}.{m.name}" for m, _backwards in selected]
             _refuse_changed_plan(request, digest, {"target": target, "lock": lock_info, "phase": phase})
             return {
+                **state,
                 "ok": True,
                 "check_mode": True,
                 "changed": bool(would_apply),
@@ -2053,8 +2108,14 @@ def action_migrate(request: dict) -> dict:
         full_plan = _pending_plan(executor)
         pending_before = [f"{m.app_label}.{m.name}" for m, _backwards in full_plan]
         selected, deferred, post_pending = _phase_selection(executor, full_plan, phase, post_ids)
+        state = _applied_state(executor)
+        if request.get("target"):
+            selected, state["migration_target"] = _unapply_selection(executor, request["target"])
+            deferred, post_pending = [], []
+            state["unapplied"] = []
         digest = _plan_digest(selected)
         reply = {
+            **state,
             "ok": True,
             "check_mode": False,
             "changed": False,
@@ -2090,7 +2151,7 @@ def action_migrate(request: dict) -> dict:
                 reply["watch_error"] = watcher.error
             reply["retries_used"] = max(0, len(reply["attempts"]) - 1)
         dropped = [name for a in reply["attempts"] for name in a["invalid_indexes_dropped"]]
-        reply["changed"] = bool(reply["applied"] or dropped)
+        reply["changed"] = bool(reply["applied"] or reply.get("unapplied") or dropped)
         reply["verification"] = _verify(
             connection, request, phase, post_ids, skip_checks="the migration failed" if failure else None
         )
@@ -2104,16 +2165,22 @@ def action_migrate(request: dict) -> dict:
                     f"{m.app_label}.{m.name}" for m, _backwards in selected
                     if f"{m.app_label}.{m.name}" not in applied_ids and f"{m.app_label}.{m.name}" != failure["id"]
                 ],
-                message=_failure_message(failure, reply["applied"], reply["attempts"], reply["blockers"], request),
+                message=_failure_message(failure, reply["applied"], reply["attempts"], reply["blockers"], request)
+                + (f" Unapplied before the failure: {', '.join(a['id'] for a in reply['unapplied']) or 'nothing'}."
+                   if "unapplied" in reply else ""),
             )
             return reply
-        problems = _verification_problems(reply["verification"], phase)
+        label = f"target {reply['migration_target']['app_label']}.{reply['migration_target']['name'] or 'zero'}" if (
+            request.get("target")) else f"phase {phase}"
+        problems = _verification_problems(reply["verification"], label)
         if problems:
             reply.update(
                 ok=False,
                 error_kind="verification_failed",
                 message="verification after migrating failed: " + "; ".join(problems) + ". Applied: "
-                + (", ".join(a["id"] for a in reply["applied"]) or "nothing") + ".",
+                + (", ".join(a["id"] for a in reply["applied"]) or "nothing")
+                + (f"; unapplied: {', '.join(a['id'] for a in reply['unapplied']) or 'nothing'}"
+                   if "unapplied" in reply else "") + ".",
             )
         return reply
     finally:

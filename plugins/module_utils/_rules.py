@@ -790,10 +790,14 @@ def judge_migration(migration: dict, tables: dict | None = None, thresholds: Thr
         if op.get("sql_error"):
             errors.append(f"operation {op.get('index')} ({op.get('type')}): {op['sql_error']}")
     all_verdicts.extend(dict(v, operation=None) for v in _migration_verdicts(migration, operations, tables, thresholds))
+    return _judged(migration, operations, all_verdicts, sql, errors)
+
+
+def _judged(migration: dict, operations: list, verdicts: list, sql: list, errors: list) -> dict:
     result = dict(migration)
     result["operations"] = operations
-    result["verdicts"] = all_verdicts
-    result["risk"] = max_risk(v["risk"] for v in all_verdicts)
+    result["verdicts"] = verdicts
+    result["risk"] = max_risk(item["risk"] for item in verdicts)
     result["reversible"] = all(op.get("reversible", True) for op in operations)
     result["sql"] = sql
     result["sql_error"] = "; ".join(errors) or None
@@ -831,14 +835,7 @@ def _judge_backwards(migration: dict, tables: dict, thresholds: Thresholds) -> d
         sql.extend(statements)
     if not any(item["rule"] in ("unapply-irreversible", "unapply-drops-data") for item in all_verdicts):
         all_verdicts.append(dict(v("unapply-reversible"), operation=None))
-    result = dict(migration)
-    result["operations"] = operations
-    result["verdicts"] = all_verdicts
-    result["risk"] = max_risk(item["risk"] for item in all_verdicts)
-    result["reversible"] = all(op.get("reversible", True) for op in operations)
-    result["sql"] = sql
-    result["sql_error"] = "; ".join(errors) or None
-    return result
+    return _judged(migration, operations, all_verdicts, sql, errors)
 
 
 # -- gate ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +34,9 @@ SLOW = PROJECTS / "slowproj"
 
 
 def base_env(db_env: dict | None = None, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DJANGO_", "RISKYPROJ_"))}
+    # nothing of the caller's database or test-project switches (RISKYPROJ_*, FAULTPROJ_* ...) leaks in
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "DJANGO_")) and not re.match(r"[A-Z]+PROJ_", k)}
     env.update(
         ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
         ANSIBLE_LOCALHOST_WARNING="False",

@@ -25,9 +25,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.integration.test_django_live import base_env, parse_adhoc
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 FAULT = Path(__file__).resolve().parent / "projects" / "faultproj"
 ANSIBLE = str(Path(sys.executable).parent / "ansible")
 PYTHON = sys.executable  # the application's interpreter (it has Django and psycopg)
@@ -36,21 +37,6 @@ ALL = ["fault.0001_initial", "fault.0002_item_note", "fault.0003_tag", "fault.00
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def base_env(db_env: dict | None = None, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DJANGO_", "FAULTPROJ_"))}
-    env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
-        ANSIBLE_LOCALHOST_WARNING="False",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
-        ANSIBLE_DEPRECATION_WARNINGS="False",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    env.update(db_env or {})
-    env.update(extra)
-    return env
 
 
 def common(**extra) -> dict:
@@ -62,14 +48,6 @@ def module_argv(args: dict, *, verbosity: int = 0) -> list[str]:
     if verbosity:
         argv.append("-" + "v" * verbosity)
     return argv
-
-
-def parse_adhoc(stdout: str) -> tuple[str, dict]:
-    marker = stdout.index("localhost | ")
-    status = stdout[marker + len("localhost | "):].split(" ", 1)[0]
-    brace = stdout.index("{", marker)
-    result, _end = json.JSONDecoder().raw_decode(stdout[brace:])
-    return status, result
 
 
 def finish(stdout: str, stderr: str, secrets) -> dict:
