@@ -53,6 +53,16 @@ options:
       - Needed with O(sslmode=verify-ca) or O(sslmode=verify-full) unless C(~/.postgresql/root.crt) exists.
     type: path
     aliases: [ssl_rootcert]
+  ssl_cert:
+    description:
+      - Client certificate file for certificate authentication (E(PGSSLCERT)).
+      - If not set, E(PGSSLCERT) from the environment applies, else libpq's default C(~/.postgresql/postgresql.crt).
+    type: path
+  ssl_key:
+    description:
+      - Private key of O(ssl_cert) (E(PGSSLKEY)). The file must not be readable by group or others.
+      - If not set, E(PGSSLKEY) from the environment applies, else libpq's default C(~/.postgresql/postgresql.key).
+    type: path
   connect_timeout:
     description:
       - Seconds to wait for the connection to be established (E(PGCONNECT_TIMEOUT)).

@@ -13,12 +13,14 @@ any local user could read them in ``ps`` output.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +43,8 @@ def connection_argument_spec() -> dict:
         passfile=dict(type="path"),
         sslmode=dict(type="str", choices=SSL_MODES),
         ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
+        ssl_cert=dict(type="path"),
+        ssl_key=dict(type="path", no_log=False),
         connect_timeout=dict(type="int"),
     )
 
@@ -67,6 +71,8 @@ class Connection:
     passfile: str | None = None
     sslmode: str | None = None
     ca_cert: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     connect_timeout: int | None = None
 
     @classmethod
@@ -80,6 +86,8 @@ class Connection:
             passfile=params.get("passfile"),
             sslmode=params.get("sslmode"),
             ca_cert=params.get("ca_cert"),
+            ssl_cert=params.get("ssl_cert"),
+            ssl_key=params.get("ssl_key"),
             connect_timeout=params.get("connect_timeout"),
         )
 
@@ -93,6 +101,8 @@ class Connection:
             "PGDATABASE": self.database,
             "PGSSLMODE": self.sslmode,
             "PGSSLROOTCERT": self.ca_cert,
+            "PGSSLCERT": self.ssl_cert,
+            "PGSSLKEY": self.ssl_key,
             "PGPASSFILE": self.passfile,
         }
         for key, value in settings.items():
@@ -161,6 +171,113 @@ def run_client(argv: list[str], env: Mapping[str, str], timeout: float | None = 
     except OSError as exc:
         raise PgError(f"cannot run {argv[0]}: {exc.strerror}", kind="client_missing") from exc
     return proc.returncode, proc.stdout, proc.stderr
+
+
+class PsqlSession:
+    r"""One long-lived ``psql`` whose statements share a session (and so a transaction).
+
+    Used to export a snapshot that ``pg_dump --snapshot`` imports while this session keeps
+    its transaction open, so that what we read (tables, row counts, migrations) is exactly
+    what the dump holds. Statements go to psql's stdin; each is followed by an ``\echo`` of
+    a random marker so that we know where its output ends. The password travels in the
+    environment, as for every other client.
+    """
+
+    def __init__(self, psql: str, env: Mapping[str, str], target: Mapping, timeout: float | None = None):
+        self.target = target
+        self.timeout = timeout
+        self.marker = "__safedeploy_end_" + os.urandom(6).hex() + "__"
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the session
+        argv = [psql, "--no-psqlrc", "--no-password", "--tuples-only", "--no-align", "--quiet",
+                "--set", "ON_ERROR_STOP=1"]
+        try:
+            self.proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, umask=0o077)
+        except OSError as exc:
+            self._stderr.close()
+            raise PgError(f"cannot run {psql}: {exc.strerror}", kind="client_missing") from exc
+        self._buffer = b""
+        self._stderr_text = ""
+
+    def query(self, sql: str) -> str:
+        """Run one statement; return its output (tuples only, unaligned)."""
+        text = sql.strip().rstrip(";") + ";\n\\echo " + self.marker + "\n"
+        try:
+            self.proc.stdin.write(text.encode("utf-8"))
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail()
+        return self._read_until_marker()
+
+    def query_json(self, sql: str) -> object:
+        out = self.query(sql)
+        try:
+            return json.loads(out.strip())
+        except ValueError as exc:
+            raise PgError(f"unexpected psql output: {out.strip()[:200]!r}", kind="query_failed") from exc
+
+    def _read_until_marker(self) -> str:
+        import select
+        import time
+
+        end = ("\n" + self.marker + "\n").encode()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        fd = self.proc.stdout.fileno()
+        while True:
+            data = b"\n" + self._buffer
+            at = data.find(end)
+            if at >= 0:
+                out, self._buffer = data[1:at + 1], data[at + len(end):]
+                return out.decode("utf-8", errors="replace")
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _w, _x = select.select([fd], [], [], wait)
+            if not ready:
+                self.close()
+                raise PgError(f"psql did not answer within {self.timeout}s", kind="timeout")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._fail()
+            self._buffer += chunk
+
+    def _fail(self) -> None:
+        rc = self.close()
+        classified = classify_connection_error(self._stderr_text, self.target)
+        if classified:
+            raise classified
+        raise PgError(
+            f"query on {self.target['database']!r} failed: {tail(self._stderr_text) or 'rc=' + str(rc)}",
+            kind="query_failed",
+        )
+
+    def close(self) -> int | None:
+        """End the session (its transaction, if still open, is rolled back); return psql's exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdout.close()
+        if not self._stderr.closed:
+            self._stderr.seek(0)
+            self._stderr_text = self._stderr.read().decode("utf-8", errors="replace")
+            self._stderr.close()
+        return self.proc.returncode
+
+
+def quote_ident(name: str) -> str:
+    """SQL identifier quoting (what quote_ident() would do, always quoting)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """SQL string literal (standard_conforming_strings, the default since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 # -- error classification -------------------------------------------------------------
@@ -369,7 +486,11 @@ SELECT json_build_object(
                   WHERE c.relkind IN ('r', 'p')
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'),
-  'has_django_migrations', to_regclass('django_migrations') IS NOT NULL
+  'has_django_migrations', to_regclass('django_migrations') IS NOT NULL,
+  'can_create_db', (SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user),
+  'encoding', (SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()),
+  'datcollate', (SELECT datcollate FROM pg_database WHERE datname = current_database()),
+  'datctype', (SELECT datctype FROM pg_database WHERE datname = current_database())
 )
 """
 
@@ -399,6 +520,6 @@ def probe_server(psql: str, env: Mapping[str, str], target: Mapping, runner: Run
     """Connect once (auth and reachability errors surface here, before any file is written)."""
     info = psql_json(psql, PROBE_SQL, env, target, runner)
     info["applied_migrations"] = (
-        psql_json(psql, MIGRATIONS_SQL, env, target, runner) if info.get("has_django_migrations") else None
+        psql_json(psql, MIGRATIONS_SQL, env, target, runner) if info.get("has_django_migrations") else []
     )
     return info

@@ -227,9 +227,9 @@ def test_dest_not_writable(tmp_path, shop_db):
 
 
 def test_unknown_argument(tmp_path, shop_db):
-    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(tmp_path / "d"), compress=9))
+    result, _proc = run_task(tmp_path, MODULE, conn_args(shop_db, dest=str(tmp_path / "d"), compression=9))
     assert result["failed"] is True
-    assert "Unsupported parameters for (safedeploy.django.pg_snapshot) module: compress" in result["msg"]
+    assert "Unsupported parameters for (safedeploy.django.pg_snapshot) module: compression" in result["msg"]
 
 
 def _pg_dump_wrapper(tmp_path: Path, pg_cluster, body: str) -> Path:

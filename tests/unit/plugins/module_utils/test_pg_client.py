@@ -165,3 +165,72 @@ def test_candidate_bin_dirs_path_first_then_newest(tmp_path):
     dirs = _pg.candidate_bin_dirs(which=lambda name: "/usr/bin/pg_dump", globs=[str(tmp_path / "*" / "bin")])
     assert dirs == ["/usr/bin", str(tmp_path / "16" / "bin"), str(tmp_path / "13" / "bin"),
                     str(tmp_path / "9.6" / "bin")]
+
+
+def test_ssl_client_certificate_options_reach_the_environment():
+    conn = Connection.from_params(params(ssl_cert="/etc/pg/client.crt", ssl_key="/etc/pg/client.key"))
+    env = conn.child_env(base={})
+    assert env["PGSSLCERT"] == "/etc/pg/client.crt" and env["PGSSLKEY"] == "/etc/pg/client.key"
+    spec = _pg.connection_argument_spec()
+    assert spec["password"]["no_log"] is True
+    assert spec["ssl_cert"]["type"] == spec["ssl_key"]["type"] == "path"
+
+
+FAKE_PSQL = r'''#!{python}
+import sys
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if line.startswith("\\echo "):
+        print(line[6:])
+    elif "boom" in line:
+        sys.stderr.write('psql:<stdin>:1: ERROR:  relation "boom" does not exist\n')
+        sys.exit(3)
+    elif "auth" in line:
+        sys.stderr.write('FATAL:  password authentication failed for user "shop_app"\n')
+        sys.exit(2)
+    elif line.startswith("SELECT"):
+        print('{{"sql": "%s"}}' % line.rstrip(";").replace('"', "'"))
+        print("second line")
+    sys.stdout.flush()
+'''
+
+
+class TestPsqlSession:
+    def fake_psql(self, tmp_path):
+        import sys
+
+        path = tmp_path / "psql"
+        path.write_text(FAKE_PSQL.format(python=sys.executable))
+        path.chmod(0o755)
+        return str(path)
+
+    def test_statements_share_one_process_and_outputs_are_split_by_marker(self, tmp_path):
+        session = _pg.PsqlSession(self.fake_psql(tmp_path), {"PGPASSWORD": SECRET}, TARGET, timeout=10)
+        try:
+            assert session.query("SELECT 1") == '{"sql": "SELECT 1"}\nsecond line\n'
+            assert session.query("SET x = 1") == ""
+            assert session.query("SELECT 2;") == '{"sql": "SELECT 2"}\nsecond line\n'
+            pid = session.proc.pid
+            assert session.query("SELECT 3").startswith('{"sql"') and session.proc.pid == pid
+        finally:
+            assert session.close() == 0
+
+    def test_psql_dying_raises_with_its_error(self, tmp_path):
+        session = _pg.PsqlSession(self.fake_psql(tmp_path), {}, TARGET, timeout=10)
+        with pytest.raises(PgError, match='relation "boom" does not exist') as info:
+            session.query("SELECT boom")
+        assert info.value.kind == "query_failed"
+        session = _pg.PsqlSession(self.fake_psql(tmp_path), {}, TARGET, timeout=10)
+        with pytest.raises(PgError, match="authentication failed") as info:
+            session.query("SELECT auth")
+        assert info.value.kind == "auth_failed"
+
+    def test_missing_psql(self, tmp_path):
+        with pytest.raises(PgError, match="cannot run") as info:
+            _pg.PsqlSession(str(tmp_path / "nope"), {}, TARGET)
+        assert info.value.kind == "client_missing"
+
+
+def test_quoting():
+    assert _pg.quote_ident('a"b') == '"a""b"'
+    assert _pg.quote_literal("it's") == "'it''s'"
