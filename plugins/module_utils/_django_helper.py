@@ -2061,7 +2061,7 @@ def action_migrate(request: dict) -> dict:
                 **state,
                 "ok": True,
                 "check_mode": True,
-                "changed": bool(would_apply),
+                "changed": bool(would_apply or state.get("would_unapply")),
                 "would_apply": would_apply,
                 "pending_before": [f"{m.app_label}.{m.name}" for m, _backwards in full_plan],
                 "phase": phase,

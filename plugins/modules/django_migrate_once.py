@@ -188,6 +188,27 @@ options:
       system_identifier:
         description: The cluster's system identifier (C(SELECT system_identifier FROM pg_control_system())).
         type: str
+  target_migration:
+    description:
+      - Unapply down to this migration instead of applying, like C(manage.py migrate app_label name) below the
+        applied state, under the same advisory lock, with the same O(lock_timeout), retries, verification
+        (nothing of the backwards plan left) and audit record.
+      - Refused before any change (C(error_kind=irreversible)) when a migration of the backwards plan has an
+        operation without a reverse (RunPython without reverse_code, RunSQL without reverse_sql, ...), and
+        (C(error_kind=bad_target)) when the target is not applied, so migrating to it would apply migrations.
+      - Plan it first with M(safedeploy.django.django_migration_plan) and the same O(target_migration), which
+        says whether unapplying drops data. Requires O(phase=all).
+    type: dict
+    suboptions:
+      app_label:
+        description: The app.
+        type: str
+        required: true
+      name:
+        description:
+          - A migration name or a unique prefix of it (V(0003)); V(zero) unapplies every migration of the app.
+        type: str
+        required: true
   allow_replica:
     description:
       - Allow a target in recovery (C(pg_is_in_recovery())). Migrating a replica fails anyway; this exists for
@@ -270,6 +291,35 @@ applied:
       description: Wall-clock duration of the migration.
       type: float
   sample: [{"id": "shop.0007_order_status", "seconds": 0.42}]
+unapplied:
+  description: With O(target_migration), the migrations unapplied by this run, in order, with their durations.
+  returned: with target_migration
+  type: list
+  elements: dict
+  sample: [{"id": "shop.0008_remove_product_description", "seconds": 0.05}]
+would_unapply:
+  description: With O(target_migration) in check mode, the migrations a real run would unapply.
+  returned: check mode with target_migration
+  type: list
+  elements: str
+migration_target:
+  description: The resolved O(target_migration) (C(app_label), C(name); C(name) null for V(zero)).
+  returned: with target_migration
+  type: dict
+applied_before:
+  description:
+    - The migrations recorded as applied (C(django_migrations)) once the lock was held, before this run changed
+      anything (in check mode, now), as sorted V(app_label.migration_name) ids. What a rollback goes back to.
+  returned: success
+  type: list
+  elements: str
+last_applied:
+  description:
+    - Per app, its last applied migration (in migrate's order) once the lock was held (in check mode, now), that
+      is the O(target_migration) that goes back to this state. Apps without an applied migration are absent.
+  returned: success
+  type: dict
+  sample: {"shop": "0007_backfill_descriptions", "auth": "0012_alter_user_first_name_max_length"}
 pending_before:
   description: Everything pending once the lock was held, whatever the phase (in check mode, what is pending now).
   returned: success
@@ -415,8 +465,8 @@ audit:
     - The audit record of this run (also written to O(audit_log) unless in check mode). C(time), C(host),
       C(remote_user), C(context), C(target), C(lock) (C(name), C(waited)), C(phase), C(plan_digest),
       C(pending_before), C(applied), C(attempts), C(retries_used), C(blockers), C(verification) (a summary),
-      C(outcome) (V(applied), V(nothing_to_do), V(failed), V(verification_failed), V(refused), V(check_mode)) and
-      C(error).
+      C(outcome) (V(applied), V(unapplied), V(nothing_to_do), V(failed), V(verification_failed), V(refused),
+      V(check_mode)) and C(error); with O(target_migration) also C(target_migration) and C(unapplied).
   returned: always
   type: dict
 failed_migration:
@@ -447,7 +497,8 @@ not_attempted:
 error_kind:
   description:
     - Why the module failed, for example V(migration_failed), V(verification_failed), V(plan_changed),
-      V(lock_timeout), V(target_mismatch), V(bad_phase), V(audit_log).
+      V(lock_timeout), V(target_mismatch), V(bad_phase), V(audit_log), V(irreversible) and V(bad_target)
+      (O(target_migration)).
   returned: failure
   type: str
 expected_plan_digest:
@@ -503,7 +554,8 @@ from ansible_collections.safedeploy.django.plugins.module_utils._audit import (
 # Helper replies that carry what was applied before the failure: the module reports them itself.
 PASSTHROUGH = ("migration_failed", "verification_failed")
 DETAIL_KEYS = ("stderr", "rc", "connection", "target", "lock", "traceback", "interpreter", "settings",
-               "plan_digest", "expected_plan_digest", "pending_before", "phase", "migration")
+               "plan_digest", "expected_plan_digest", "pending_before", "phase", "migration", "migration_target",
+               "irreversible")
 _MIGRATION_ID = re.compile(r"^[\w]+\.[\w]+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -534,6 +586,11 @@ def validate(module) -> None:
             msg="expected_plan_digest must be the plan_digest (64 hexadecimal characters) that "
             "django_migration_plan reported for the approved plan"
         )
+    if params["target_migration"] and params["phase"] != "all":
+        module.fail_json(
+            msg=f"target_migration unapplies down to a migration, whatever its phase: leave phase at all "
+            f"(got phase={params['phase']})"
+        )
     if params["audit_log"] and not os.path.isabs(params["audit_log"]):
         module.fail_json(msg=f"audit_log must be an absolute path, not '{params['audit_log']}'")
 
@@ -559,6 +616,13 @@ def main():
             ),
         ),
         allow_replica=dict(type="bool", default=False),
+        target_migration=dict(
+            type="dict",
+            options=dict(
+                app_label=dict(type="str", required=True),
+                name=dict(type="str", required=True),
+            ),
+        ),
         retries=dict(type="int", default=3),
         retry_delay=dict(type="float", default=2.0),
         phase=dict(type="str", default="all", choices=["all", "pre", "post"]),
@@ -615,6 +679,7 @@ def main():
         "checks": [{"name": c["name"], "sql": c["sql"], "expect": c["expect"]} for c in params["checks"]],
         "check_timeout": params["check_timeout"],
         "expected_plan_digest": (params["expected_plan_digest"] or "").strip().lower() or None,
+        "target": params["target_migration"],
     }
 
     reply, failure = None, None
@@ -629,6 +694,13 @@ def main():
     error = failure.message if failure else (None if reply.get("ok") else reply.get("message"))
     source = dict(failure.details) if failure else reply
     record = audit_record(params, module.check_mode, source, kind, error, secrets)
+    if params["target_migration"]:  # a backwards run: say what it unapplied
+        record["target_migration"] = source.get("migration_target") or params["target_migration"]
+        record["unapplied"] = [{"id": a.get("id"), "seconds": a.get("seconds")} for a in source.get("unapplied") or []]
+        if kind is None and record["unapplied"] and not module.check_mode:
+            record["outcome"] = "unapplied"
+        elif kind in ("irreversible", "bad_target"):
+            record["outcome"] = "refused"
     if audit_fd is not None:
         try:
             append_audit(audit_fd, record)
@@ -657,7 +729,14 @@ def main():
         "blockers": reply.get("blockers") or [],
         "verification": reply.get("verification"),
         "audit": record,
+        "applied_before": reply.get("applied_before") or [],
+        "last_applied": reply.get("last_applied") or {},
     }
+    if params["target_migration"]:
+        result["migration_target"] = reply.get("migration_target")
+        result["unapplied"] = [{"id": a["id"], "seconds": a["seconds"]} for a in reply.get("unapplied") or []]
+        if module.check_mode:
+            result["would_unapply"] = reply.get("would_unapply") or []
     if module.check_mode:
         result["would_apply"] = reply.get("would_apply") or []
     if not reply.get("ok"):
