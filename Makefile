@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export PATH := $(BIN):$(PATH)
 
-.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy bench-lock-queue
+.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy bench-lock-queue bench-snapshot
 
 deps: $(VENV)/.installed .build/collections/ansible_collections/safedeploy/django
 	@bash devtools/system-deps.sh
@@ -45,6 +45,11 @@ bench-accuracy: deps
 # django_migrate_once with lock_timeout and retries (goal: worst app latency <= lock_timeout x 1.2).
 bench-lock-queue: deps
 	$(BIN)/python benchmarks/lock_queue/run.py
+
+# Dump throughput on a generated ~1 GB database: bare pg_dump -Fc vs pg_snapshot (custom; directory with 2 jobs).
+# Goals: pg_snapshot's dump phase >= 0.9x the bare dump's throughput; directory + 2 jobs faster than the bare dump.
+bench-snapshot: deps
+	$(BIN)/python benchmarks/snapshot/run.py
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .
