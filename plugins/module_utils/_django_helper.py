@@ -494,6 +494,20 @@ def _clone_state(state, key):
     return clone
 
 
+def _migration_item(migration, direction: str) -> dict:
+    """What a plan item says of its migration, whichever way the plan goes."""
+    return {
+        "id": f"{migration.app_label}.{migration.name}",
+        "app_label": migration.app_label,
+        "name": migration.name,
+        "atomic": bool(migration.atomic),
+        "initial": bool(getattr(migration, "initial", False)),
+        "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
+        "direction": direction,
+        "file": _migration_file(migration),
+    }
+
+
 def _close_editor(editor, operations: list[dict], deferred_owner: dict[int, int]) -> None:
     """Flush the deferred SQL (FKs, indexes of new tables) like a real migration, onto the operation
     that deferred it; an error there is recorded on the last operation, the walk goes on."""
@@ -584,15 +598,8 @@ def _walk_plan(executor, plan, connection, post_ids=()) -> list[dict]:
                 created_tables.add(facts["new_table"])
         result.append(
             {
-                "id": f"{app_label}.{migration.name}",
-                "app_label": app_label,
-                "name": migration.name,
-                "atomic": bool(migration.atomic),
-                "initial": bool(getattr(migration, "initial", False)),
-                "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
-                "direction": "forwards",
+                **_migration_item(migration, "forwards"),
                 "phase": _migration_phase(migration, post_ids),
-                "file": _migration_file(migration),
                 "operations": operations,
             }
         )
@@ -1292,14 +1299,7 @@ def _walk_backwards(executor, plan, connection) -> list[dict]:
             facts["created_in_plan"] = False
         result.append(
             {
-                "id": f"{app_label}.{migration.name}",
-                "app_label": app_label,
-                "name": migration.name,
-                "atomic": bool(migration.atomic),
-                "initial": bool(getattr(migration, "initial", False)),
-                "replaces": [f"{a}.{n}" for a, n in (migration.replaces or [])],
-                "direction": "backwards",
-                "file": _migration_file(migration),
+                **_migration_item(migration, "backwards"),
                 "reversible": all(op["reversible"] for op in operations),
                 "operations": operations,
             }

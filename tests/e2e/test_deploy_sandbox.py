@@ -287,14 +287,17 @@ class Migration(migrations.Migration):
 """
 
 
-def index_artifact(sandbox: Sandbox) -> Path:
-    """3.0.0: 2.0.0 plus a plain (blocking) CREATE INDEX on shop_order."""
-    def add_index(models_py: bytes) -> bytes:
-        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
-        assert old in models_py
-        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
-    return derived_artifact(sandbox, "3.0.0", {"shop/models.py": add_index},
-                            {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION})
+def add_total_index(models_py: bytes) -> bytes:
+    """shop/models.py of release 2 with the index of INDEX_MIGRATION declared."""
+    old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
+    assert old in models_py
+    return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
+
+
+def index_artifact(sandbox: Sandbox, version: str = "3.0.0", more: dict[str, str] | None = None) -> Path:
+    """2.0.0 plus a plain (blocking) CREATE INDEX on shop_order (and ``more`` migrations)."""
+    added = {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION, **(more or {})}
+    return derived_artifact(sandbox, version, {"shop/models.py": add_total_index}, added)
 
 
 def test_the_gate_blocks_a_blocking_index_on_a_big_table_until_a_valid_waiver(sandbox, db_env):
@@ -394,11 +397,7 @@ def test_a_migration_failing_halfway_stops_before_the_rollout_and_says_where_the
     """Fleet on 3.0.0 (after the previous test). 3.1.0's 0009 applies, its 0010 fails: the deploy
     stops in the migrate play, no host is switched, and both the failure message and the audit
     log on the migration host say what was applied and which migration failed (rolled back)."""
-    def add_index(models_py: bytes) -> bytes:
-        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
-        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
-    added = dict(FAILING_MIGRATIONS, **{"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION})
-    artifact = derived_artifact(sandbox, "3.1.0", {"shop/models.py": add_index}, added)
+    artifact = index_artifact(sandbox, "3.1.0", FAILING_MIGRATIONS)
     before_links = current_links(sandbox)
     audited = len(audit_records(sandbox))
 
@@ -446,13 +445,9 @@ def test_post_deploy_migrations_run_after_every_host_serves_the_new_release(sand
     """3.1.1 replaces the broken 0010 by a contract migration marked safedeploy_phase = "post":
     the migrate play applies nothing new before the rollout, the contract play drops the table
     only after every host serves 3.1.1, after its own snapshot."""
-    def add_index(models_py: bytes) -> bytes:
-        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
-        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
-    added = {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION,
-             "shop/migrations/0009_audit_notes.py": FAILING_MIGRATIONS["shop/migrations/0009_audit_notes.py"],
-             "shop/migrations/0010_drop_audit_notes.py": CONTRACT_MIGRATION}
-    artifact = derived_artifact(sandbox, "3.1.1", {"shop/models.py": add_index}, added)
+    artifact = index_artifact(sandbox, "3.1.1", {
+        "shop/migrations/0009_audit_notes.py": FAILING_MIGRATIONS["shop/migrations/0009_audit_notes.py"],
+        "shop/migrations/0010_drop_audit_notes.py": CONTRACT_MIGRATION})
 
     waiver = {"migration": "shop.0010_drop_audit_notes", "rule": "raw-sql-destructive", "reason": "table unused",
               "approved_by": "e2e", "expires": "2099-12-31"}

@@ -24,13 +24,13 @@ from devtools.loadgen import LoadGenerator
 from devtools.playbook import PlaybookRun, deploy_release, run_playbook
 from devtools.sandbox import HOSTS, Sandbox, _read_env
 from tests.e2e.test_deploy_sandbox import (
-    INDEX_MIGRATION,
     applied_migrations,
     broken_artifact,
     connect,
     current_links,
     derived_artifact,
     explain,
+    index_artifact,
 )
 
 pytestmark = pytest.mark.slow
@@ -233,21 +233,11 @@ def test_a_contract_migration_is_unapplied_then_every_host_goes_back(sandbox, db
     assert report(sandbox, "rollback-2.2.0.json")["unapplied"][0]["id"] == CONTRACT
 
 
-def index_artifact(sandbox: Sandbox):
-    """2.3.0: release 2 plus an index on shop_order.total (an expand migration: the deploy snapshots first)."""
-    def add_index(models_py: bytes) -> bytes:
-        old = b'indexes = [models.Index(fields=["created_at"], name="shop_order_created_idx")]'
-        assert old in models_py
-        return models_py.replace(old, old[:-1] + b', models.Index(fields=["total"], name="shop_order_total_idx")]')
-    return derived_artifact(sandbox, "2.3.0", {"shop/models.py": add_index},
-                            {"shop/migrations/0008_order_total_index.py": INDEX_MIGRATION})
-
-
 def test_restore_is_refused_without_confirmation_then_brings_the_snapshot_back(sandbox, db_env):
     """Fleet on 1.0.0. 2.3.0 snapshots, migrates, serves; then data changes. A restore without the
     database name stops nothing; with it, the tables are as at snapshot time and 1.0.0 serves again."""
     at_snapshot = checksums(db_env)
-    run = deploy_release(sandbox, "2.3.0", release_artifact=str(index_artifact(sandbox)))
+    run = deploy_release(sandbox, "2.3.0", release_artifact=str(index_artifact(sandbox, "2.3.0")))
     assert run.rc == 0, explain(run)
     assert (sandbox.snapshots / "predeploy-shop-2.3.0.dump").exists()
     with connect(db_env, autocommit=True) as conn:
