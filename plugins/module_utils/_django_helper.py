@@ -286,6 +286,11 @@ def _sql_text(sql) -> list[str]:
     return out
 
 
+def _callable_name(code) -> str:
+    """Dotted name of a RunPython function, as the plan reports it."""
+    return f"{getattr(code, '__module__', '?')}.{getattr(code, '__qualname__', repr(code))}"
+
+
 def _operation_facts(op, app_label, old_state, new_state, connection) -> dict:
     from django.db import migrations
 
@@ -344,10 +349,7 @@ def _operation_facts(op, app_label, old_state, new_state, connection) -> dict:
         }
     if isinstance(op, migrations.RunPython):
         code = op.code
-        facts["run_python"] = {
-            "code": f"{getattr(code, '__module__', '?')}.{getattr(code, '__qualname__', repr(code))}",
-            "reverse_code_given": op.reverse_code is not None,
-        }
+        facts["run_python"] = {"code": _callable_name(code), "reverse_code_given": op.reverse_code is not None}
     if isinstance(op, migrations.SeparateDatabaseAndState):
         facts["database_operations"] = [type(sub).__name__ for sub in op.database_operations]
         facts["state_operations"] = [type(sub).__name__ for sub in op.state_operations]
@@ -1278,9 +1280,7 @@ def _walk_backwards(executor, plan, connection) -> list[dict]:
                 if isinstance(op, django_migrations.RunPython):
                     code = op.reverse_code
                     facts["run_python"] = {
-                        "code": f"{getattr(code, '__module__', '?')}.{getattr(code, '__qualname__', repr(code))}"
-                        if code is not None
-                        else None,
+                        "code": _callable_name(code) if code is not None else None,
                         "reverse_code_given": code is not None,
                     }
                 facts["index"] = index
