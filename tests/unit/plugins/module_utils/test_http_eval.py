@@ -203,4 +203,54 @@ def test_poll_body_excerpt_is_bounded():
     clock = FakeClock()
     fetch = scripted(clock, [Response(status=200, body="x" * 5000)])
     result = poll(fetch, expect(), PollSettings(), clock.clock, clock.sleep)
-    assert len(result["body"]) == 512 and result["json"] is None
+    assert result["body_excerpt"] == "x" * 512 + "...[truncated, body is 5000 bytes]" and result["json"] is None
+    assert "body" not in result
+
+
+def test_poll_counts_successes_and_returns_safe_headers():
+    clock = FakeClock()
+    up = Response(status=200, body='{"status": "ok", "db_password": "pw-123456"}',
+                  headers=[("Content-Type", "application/json"), ("X-Release", "2.0.0"), ("Set-Cookie", "s=abc")])
+    fetch = scripted(clock, [UP, DOWN, UP, up])
+    result = poll(fetch, expect(), PollSettings(interval=0.5, consecutive=2), clock.clock, clock.sleep)
+    assert result["healthy"] is True and result["attempts"] == 4
+    assert result["successes"] == 3 and result["successes_in_a_row"] == 2
+    assert result["headers"] == {"content-type": "application/json", "x-release": "2.0.0", "set-cookie": "********"}
+    assert result["json"] == {"status": "ok", "db_password": "********"}
+    assert result["body_excerpt"] == '{"status": "ok", "db_password": "********"}'
+
+
+def test_poll_transport_error_result():
+    clock = FakeClock()
+    fetch = scripted(clock, [Response(error="connection refused")])
+    settings = PollSettings(deadline=0, interval=1)
+    result = poll(fetch, expect(), settings, clock.clock, clock.sleep)
+    assert result["attempts"] == 1 and result["status"] is None and result["healthy"] is False
+    assert result["headers"] == {} and result["body_excerpt"] == "" and result["json"] is None
+    assert result["last_error"] == "request failed: connection refused"
+    assert result["successes"] == 0
+    assert failure_message("u", result, settings) == (
+        "u was not healthy within the deadline of 0s (1 attempts in 0.1s): request failed: connection refused"
+    )
+
+
+def test_evaluate_quotes_the_body_redacted():
+    response = Response(status=200, body='{"state": "starting", "api_key": "k-0123456789"}')
+    problems = evaluate(response, expect(body_contains="ready", json_fields={"api_key": "x"}))
+    assert "k-0123456789" not in repr(problems)
+    assert problems[0] == ("body does not contain 'ready' "
+                           "(body starts '{\"state\": \"starting\", \"api_key\": \"********\"}')")
+    assert problems[1] == "json field api_key was '********', expected 'x'"
+
+
+def test_evaluate_nested_json_field_mismatch():
+    problems = evaluate(ok_response(), expect(json_fields={"checks.database.ok": False, "items.0.name": "a"}))
+    assert problems == ["json field checks.database.ok was 'true', expected 'false'"]
+
+
+def test_status_codes_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="^status_code 600 is not an HTTP status code \\(100 to 599\\)$"):
+        Expectations.from_params({"status_code": [200, 600]})
+    with pytest.raises(ValueError, match="^status_code 99 is not"):
+        Expectations.from_params({"status_code": [99]})
+    assert Expectations.from_params({"status_code": [100, 599]}).status_codes == [100, 599]
