@@ -5,8 +5,8 @@ about 70 % ``GET /products/``, 10 % ``GET /healthz`` and 20 % ``POST /orders/``,
 at a fixed rate, until the first of: ``--duration`` seconds, ``--max-requests``
 requests, the ``--stop-file`` appearing, or SIGINT/SIGTERM. Then it prints and
 writes a JSON summary: totals, 2xx, non-2xx by status, connection errors by
-kind, latency p50/p99/max, the release versions that answered (``X-Release``)
-and the first failures in detail.
+kind, latency p50/p99/max, the longest time without a successful answer, the
+release versions that answered (``X-Release``) and the first failures in detail.
 
 Command line::
 
@@ -50,6 +50,7 @@ DEFAULT_SKUS = ("TEA-001", "TEA-002", "CUP-001", "POT-001", "FLT-001")
 MAX_RATE = 1000.0
 MAX_DURATION = 3600.0
 FAILURE_SAMPLES = 20
+RECORD_LIMIT = 200_000  # per-request records kept for records() (about 20 MB at most)
 LATE_AFTER = 0.1  # seconds behind schedule before a request counts as late
 
 
@@ -121,6 +122,10 @@ class LoadGenerator:
         self._endpoints: dict[str, Counter] = {}
         self._latencies: list[float] = []
         self._failures: list[dict] = []
+        # (started_s, finished_s, endpoint, status, error), seconds since start(); see records()
+        self._records: list[tuple[float, float, str, int | None, str | None]] = []
+        self._last_ok_at = 0.0  # when the latest successful answer arrived, seconds since start()
+        self._longest_gap = (0.0, 0.0)  # (length, began at) of the longest stretch without a success
 
     # -- control ---------------------------------------------------------
     def start(self) -> LoadGenerator:
@@ -259,9 +264,22 @@ class LoadGenerator:
         elapsed = time.monotonic() - started
         self._record(endpoint, status, error, version, elapsed, started)
 
+    def _gap_until(self, now: float) -> None:
+        """Close the stretch without success that runs from the last success up to ``now``."""
+        gap = now - self._last_ok_at
+        if gap > self._longest_gap[0]:
+            self._longest_gap = (gap, self._last_ok_at)
+
     def _record(self, endpoint, status, error, version, elapsed, started) -> None:
         ok = status is not None and 200 <= status < 300
         with self._lock:
+            started_s = started - self._started_at
+            finished_s = started_s + elapsed
+            if ok:
+                self._gap_until(finished_s)
+                self._last_ok_at = max(self._last_ok_at, finished_s)
+            if len(self._records) < RECORD_LIMIT:
+                self._records.append((started_s, finished_s, endpoint, status, error))
             self._total += 1
             per = self._endpoints.setdefault(endpoint, Counter())
             per["total"] += 1
@@ -287,10 +305,23 @@ class LoadGenerator:
                 })
 
     # -- results ----------------------------------------------------------
+    def records(self) -> list[dict]:
+        """Every request so far (the first RECORD_LIMIT), in the order they finished: ``started_s`` and
+        ``finished_s`` (seconds since start()), ``endpoint``, ``status`` (None on a connection error),
+        ``error`` (the exception's name) and ``ok`` (a 2xx answer)."""
+        with self._lock:
+            return [{"started_s": started, "finished_s": finished, "endpoint": endpoint, "status": status,
+                     "error": error, "ok": status is not None and 200 <= status < 300}
+                    for started, finished, endpoint, status, error in self._records]
+
     def summary(self) -> dict:
         with self._lock:
             end = self._finished_at or time.monotonic()
             elapsed = end - self._started_at if self._started_at else 0.0
+            # the stretch since the last success counts too (a run that ends in an outage)
+            gap, gap_at = self._longest_gap
+            if elapsed - self._last_ok_at > gap:
+                gap, gap_at = elapsed - self._last_ok_at, self._last_ok_at
             latencies = sorted(self._latencies)
             non_2xx = sum(self._status.values())
             errors = sum(self._errors.values())
@@ -323,6 +354,8 @@ class LoadGenerator:
                     "p99": ms(percentile(latencies, 0.99)),
                     "max": ms(latencies[-1] if latencies else None),
                 },
+                "longest_gap_without_success_s": round(gap, 3),
+                "longest_gap_began_at_s": round(gap_at, 3),
                 "failures_sample": list(self._failures),
             }
 
