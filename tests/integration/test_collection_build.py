@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-MODULES = ["django_migration_plan", "django_migrate_once", "pg_snapshot", "http_healthcheck"]
+MODULES = ["django_migration_plan", "django_migrate_once", "django_backfill", "pg_snapshot", "http_healthcheck"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_tarball_ships_the_collection_and_not_the_dev_tooling(installed):
     with tarfile.open(tarball) as archive:
         names = set(archive.getnames())
     for expected in ("MANIFEST.json", "meta/runtime.yml", "roles/release/tasks/main.yml",
-                     "playbooks/deploy.yml", "playbooks/plan.yml", "README.md", "docs/rules.md",
+                     "playbooks/deploy.yml", "playbooks/plan.yml", "playbooks/rollback.yml", "playbooks/backfill.yml",
+                     "README.md", "docs/rules.md",
                      *(f"plugins/modules/{m}.py" for m in MODULES)):
         assert expected in names, expected
     assert not [n for n in names if n.startswith(("devtools/", ".sandbox/", ".build/", ".venv/"))]
