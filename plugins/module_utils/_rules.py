@@ -4,7 +4,7 @@
 
 Input is what ``_django_helper`` reports about each operation of the plan
 (its facts and the SQL Django would run); output is a list of verdicts
-``{rule, risk, title, why, alternative}`` per operation, a risk per migration,
+``{rule, risk, title, why, alternative, sequence}`` per operation, a risk per migration,
 the gate decision (``max_risk`` + waivers) and a Markdown report.
 Nothing here imports Ansible or Django, so every rule is unit-testable.
 """
@@ -73,6 +73,68 @@ class Rule:
     lock: str = "none"  # the strongest table lock PostgreSQL takes for it
     work: str = "none"  # what it does under that lock: none, scan, rewrite, index build, data change
     breaks_old_code: bool = False  # backward-incompatible with the code still serving during the rollout
+    # The safe way to make the same change, as ordered steps (releases, migrations, backfills), each naming
+    # the Django operation, the collection module/playbook or the phase it uses. Empty for low-risk rules.
+    sequence: tuple[str, ...] = ()
+
+
+# Steps that several sequences share. "Release N" is one deploy (playbooks/deploy.yml); a pre-deploy
+# migration is the default phase, a post-deploy one has safedeploy_phase = "post" (or is listed in
+# release_post_migrations) and runs in the contract play once every host runs the new code.
+_BACKFILL = "`safedeploy.django.backfill` playbook (module `safedeploy.django.django_backfill`)"
+_POST = "`safedeploy_phase = \"post\"` on its Migration class (or its id in `release_post_migrations`)"
+
+
+def _not_null_steps(release: str, when: str = "") -> tuple[str, ...]:
+    """SET NOT NULL without a scan under ACCESS EXCLUSIVE: a validated CHECK first (PostgreSQL 12+)."""
+    return (
+        f"Release {release}, pre-deploy migration{when}: `AddConstraintNotValid(\"<model>\", CheckConstraint("
+        "condition=Q(<field>__isnull=False), name=\"<check>\"))`: NOT VALID, so no scan and only a momentary "
+        "ACCESS EXCLUSIVE lock; new and updated rows are checked from now on.",
+        f"Release {release}, next migration (its own, so that the previous lock is already released): "
+        "`ValidateConstraint(\"<model>\", \"<check>\")`: scans the table under SHARE UPDATE EXCLUSIVE only, "
+        "reads and writes go on.",
+        f"Release {release}, next migration: `AlterField(\"<model>\", \"<field>\", ...(null=False))`: "
+        "PostgreSQL 12+ proves SET NOT NULL from the validated CHECK and skips the scan. Keep these three "
+        "migrations in one release: the planner then sees the validated CHECK and grades this step "
+        "`catalog-change`.",
+        f"Release {release}, same migration or a later one: `RemoveConstraint(\"<model>\", \"<check>\")`: "
+        "the CHECK is redundant once the column is NOT NULL.",
+    )
+
+
+def _drop_column_steps(release: str, later: str, field: str) -> tuple[str, ...]:
+    """Stop using a column in one release, drop it in the next one's post-deploy phase."""
+    return (
+        f"Release {release}, code: stop reading and writing `{field}` (querysets, `values()`, forms, "
+        "serializers, raw SQL) and delete it from the model.",
+        f"Release {release}, pre-deploy migration: `AlterField(\"<model>\", \"{field}\", ...(null=True))` if "
+        "the column is NOT NULL without a database default (DROP NOT NULL, catalog only: this release's "
+        f"INSERTs leave the column out), then `SeparateDatabaseAndState(state_operations=[RemoveField("
+        f"\"<model>\", \"{field}\")])`: the field leaves Django's state, the column stays, so going back to "
+        "the previous release needs nothing.",
+        f"Release {later}, post-deploy migration with {_POST}: `SeparateDatabaseAndState(state_operations=["
+        f"AddField(\"<model>\", \"{field}\", ...(null=True))])` puts the field back into the state as it is "
+        f"in the table, then `RemoveField(\"<model>\", \"{field}\")` drops the column; the contract play "
+        "applies it after a verified snapshot (graded `remove-field` medium there, while the same DROP as raw "
+        "`RunSQL` is `raw-sql-destructive`, high in any phase).",
+    )
+
+
+def _copy_table_steps(release: str) -> tuple[str, ...]:
+    """Expand/contract for a table that must really get a new name."""
+    return (
+        f"Release {release}, pre-deploy migration: `CreateModel` of the new table (a model with the new "
+        "`db_table`); the code writes every change to both tables.",
+        f"After release {release}: copy the old rows with the {_BACKFILL} in command mode: `backfill_command` "
+        "names a management command that copies the rows with `--start` <= id < `--end` idempotently "
+        "(e.g. `bulk_create(..., ignore_conflicts=True)`).",
+        f"Release {release}+1: the code reads the new table and still writes both (hosts of release "
+        f"{release} still read the old one during the rollout).",
+        f"Release {release}+2: the code stops using the old model and deletes it; put the generated "
+        f"`DeleteModel` in a migration of its own with {_POST}: the contract play applies it after a "
+        "verified snapshot, once every host runs the release.",
+    )
 
 
 _RULE_LIST = [
@@ -100,9 +162,20 @@ _RULE_LIST = [
     Rule(
         "add-column-volatile-db-default", "New column with an expression as database default", "medium",
         "A volatile default expression makes PostgreSQL rewrite the whole table under an ACCESS EXCLUSIVE lock.",
-        "Add the column nullable, backfill in batches after the deploy, then add the default / NOT NULL.",
+        "Add the column nullable, backfill in batches after the deploy, then add NOT NULL (via a validated CHECK) "
+        "and the default.",
         size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="rewrite",
+        sequence=(
+            "Release 1, pre-deploy migration: `AddField(\"<model>\", \"<field>\", ...(null=True))` with no "
+            "default in the migration: a catalog-only ADD COLUMN, no rewrite. The model may keep a Python "
+            "`default=` callable, so that release 1's code fills new rows.",
+            f"After release 1: the {_BACKFILL} with `backfill_set` = the expression (e.g. "
+            "`<col> = gen_random_uuid()`) and `backfill_where` = `<col> IS NULL`, in batches outside the deploy.",
+            *_not_null_steps("2", " (if the column must be NOT NULL)"),
+            "Release 2 or later, if new rows must get the value from the database: `AlterField` with "
+            "`db_default=` the expression: SET DEFAULT only changes the catalog.",
+        ),
     ),
     Rule(
         "add-column-new-table", "New column on a table created by this plan", "low",
@@ -118,13 +191,32 @@ _RULE_LIST = [
         "Use db_default=... (Django 5+) so the database fills the column, or add it null=True first and "
         "make it NOT NULL in a later release.",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release 1, pre-deploy migration: `AddField(\"<model>\", \"<field>\", ...(null=True))` with no "
+            "default in the migration: a catalog-only ADD COLUMN, the old code's INSERTs leave it NULL; release "
+            "1's code writes it on every save. (For a constant value, `AddField` with `db_default=<constant>` "
+            "and NOT NULL right away is already safe: stop there.)",
+            f"After release 1: fill the old rows with the {_BACKFILL}: `backfill_set` = `<col> = <value>`, "
+            "`backfill_where` = `<col> IS NULL`.",
+            *_not_null_steps("2"),
+        ),
     ),
     Rule(
         "not-null-no-default", "NOT NULL column without any default on an existing table", "high",
         "Existing rows have no value for it and the old code's INSERTs do not send it: the migration or "
         "the old code's writes fail.",
-        "Add the column null=True (or with db_default), backfill, then add NOT NULL in a later release.",
+        "Add the column null=True (or with a constant db_default), backfill, then add NOT NULL through a "
+        "validated CHECK constraint in a later release.",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release 1, pre-deploy migration: `AddField(\"<model>\", \"<field>\", ...(null=True))` with no "
+            "default in the migration: a catalog-only ADD COLUMN, the old code's INSERTs leave it NULL; release "
+            "1's code writes it on every save. (For a constant value, `AddField` with `db_default=<constant>` "
+            "and NOT NULL right away is already safe: stop there.)",
+            f"After release 1: fill the old rows with the {_BACKFILL}: `backfill_set` = `<col> = <value>`, "
+            "`backfill_where` = `<col> IS NULL`.",
+            *_not_null_steps("2"),
+        ),
     ),
     Rule(
         "alter-field-set-not-null", "Existing column becomes NOT NULL", "high",
@@ -136,20 +228,41 @@ _RULE_LIST = [
         "the scan) in a later release.",
         level="postgresql",
         lock=ACCESS_EXCLUSIVE, work="scan", breaks_old_code=True,
+        sequence=(
+            "Release 1, code only: never write NULL into the column any more (the model field stays "
+            "`null=True`, no migration).",
+            f"After release 1: fill the NULLs with the {_BACKFILL}: `backfill_set` = `<col> = <value>`, "
+            "`backfill_where` = `<col> IS NULL`.",
+            *_not_null_steps("2"),
+        ),
     ),
     Rule(
         "remove-field", "Column removed", "high",
         "The running (old) code still selects and writes this column: every query on the model fails "
         "from the moment the migration commits until the new code runs everywhere.",
-        "Expand/contract: release code that no longer uses the field first (or mark it with "
-        "SeparateDatabaseAndState), drop the column in a later release's post-deploy phase.",
+        "Expand/contract: release code that no longer uses the field (removed from the state with "
+        "SeparateDatabaseAndState) first, drop the column in a later release's post-deploy phase.",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=_drop_column_steps("N", "N+1", "<field>"),
     ),
     Rule(
         "delete-model", "Table dropped", "high",
         "The running code still uses the model; the data is gone unless restored from a snapshot.",
-        "Stop using the model in one release, drop the table in a later one, after a snapshot.",
+        "Stop using the model (removed from the state with SeparateDatabaseAndState) in one release, drop the "
+        "table in a later release's post-deploy phase, after a snapshot.",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release N, code: stop using the model (querysets, admin, signals, foreign keys to it) and delete "
+            "it. Pre-deploy migration: `SeparateDatabaseAndState(state_operations=[DeleteModel(\"<model>\")])` "
+            "(foreign keys to it: `AlterField(..., null=True)` first, then their `RemoveField` in the same "
+            "`state_operations`): the model leaves Django's state, the table stays.",
+            f"Release N+1, post-deploy migration with {_POST}: `SeparateDatabaseAndState(state_operations=["
+            "CreateModel(\"<model>\", fields=[...])])` puts the model back into the state as the table is, then "
+            "`DeleteModel(\"<model>\")` drops it; the contract play takes a verified snapshot "
+            "(`safedeploy.django.pg_snapshot`) first (graded `delete-model` medium there).",
+            "Keep that snapshot until the data is surely not needed: `safedeploy.django.rollback` with "
+            "`rollback_mode=restore` brings it back.",
+        ),
     ),
     Rule(
         "rename-field", "Column renamed", "high",
@@ -157,18 +270,43 @@ _RULE_LIST = [
         "Add the new column, write both, backfill, switch reads, drop the old one in a later release "
         "(or keep the column name with db_column=...).",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release 1, pre-deploy migration: `AddField` of the new column with `null=True` (catalog only); "
+            "the code writes both the old and the new field on every save. (If only the Python name must "
+            "change, keep the column with `db_column=\"<old column>\"`: the `RenameField` is then state-only.)",
+            f"After release 1: copy old into new with the {_BACKFILL}: `backfill_set` = `<new> = <old>`, "
+            "`backfill_where` = `<new> IS DISTINCT FROM <old>`.",
+            "Release 2: the code reads the new field and still writes both (release 1 hosts still read the old "
+            "one during the rollout). If the column must be NOT NULL: `AddConstraintNotValid` -> "
+            "`ValidateConstraint` -> `AlterField(null=False)`, three pre-deploy migrations of release 2 (see "
+            "`alter-field-set-not-null`).",
+            *_drop_column_steps("3", "4", "<old>"),
+        ),
     ),
     Rule(
         "rename-model", "Table renamed", "high",
         "The running code uses the old table name: its queries fail until every host runs the new code.",
-        "Keep the table name with Meta.db_table, or create a view with the old name during the rollout.",
+        "Keep the table name with Meta.db_table; to really rename the table, copy it to a new one "
+        "(expand/contract over three releases).",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release N: set `Meta.db_table` to the current table name before renaming the class; the generated "
+            "`RenameModel` then leaves the table alone (graded `state-only`). Check the planned SQL: the "
+            "`<model>_id` columns of auto-created many-to-many tables are still renamed. Stop here unless the "
+            "table itself must get the new name.",
+            *_copy_table_steps("N"),
+        ),
     ),
     Rule(
         "alter-model-table", "Table renamed (db_table changed)", "high",
         "The running code uses the old table name.",
-        "Keep db_table, or add a compatibility view during the rollout.",
+        "Keep db_table; to really rename the table, copy it to a new one (expand/contract over three releases).",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release N: keep `Meta.db_table` at the current table name (the `AlterModelTable` goes away). Stop "
+            "here unless the table itself must get the new name.",
+            *_copy_table_steps("N"),
+        ),
     ),
     Rule(
         "drop-on-new-table", "Destructive change on a table created by this plan", "low",
@@ -182,18 +320,41 @@ _RULE_LIST = [
         "graded from SQL.",
         "Keep data migrations small, or run big backfills after the deploy in batches (django_backfill).",
         lock="unknown", work="data change",
+        sequence=(
+            "Release N, pre-deploy migration: keep only small, bounded data work in the `RunPython` (seed rows, "
+            "a few thousand updates), with `reverse_code` (`RunPython.noop` when undoing needs no work).",
+            "Move big data changes into a management command that handles the keys `--start` <= pk < `--end`, "
+            "idempotently, in its own transaction per call.",
+            f"After release N: run it in batches with the {_BACKFILL}, `backfill_command` (and "
+            "`backfill_command_args`): resumable, outside the deploy, short row locks.",
+            "Release N+1 or later: schema that needs the data (NOT NULL, a constraint) only once the backfill "
+            "reports finished.",
+        ),
     ),
     Rule(
         "run-python-irreversible", "RunPython without reverse_code", "medium",
         "The migration cannot be unapplied: rolling back the schema needs a snapshot restore.",
         "Give reverse_code (migrations.RunPython.noop when undoing needs no work).",
         lock="none", work="none",
+        sequence=(
+            "Give the `RunPython` a `reverse_code` that undoes it, or `RunPython.noop` when unapplying needs no "
+            "data work: `safedeploy.django.rollback` with `rollback_mode=migrations` can then unapply it.",
+            "If it really cannot be undone (data deleted or overwritten): keep it irreversible and keep the "
+            "snapshot the deploy takes before migrating (`safedeploy.django.pg_snapshot`); going back is then "
+            "`rollback_mode=restore`.",
+        ),
     ),
     Rule(
         "run-sql-irreversible", "RunSQL without reverse_sql", "medium",
         "The migration cannot be unapplied: rolling back the schema needs a snapshot restore.",
         "Give reverse_sql (migrations.RunSQL.noop when undoing needs no work).",
         lock="none", work="none",
+        sequence=(
+            "Give the `RunSQL` a `reverse_sql` that undoes it, or `RunSQL.noop` when unapplying needs no work: "
+            "`safedeploy.django.rollback` with `rollback_mode=migrations` can then unapply it.",
+            "If it really cannot be undone: keep it irreversible and keep the snapshot the deploy takes before "
+            "migrating (`safedeploy.django.pg_snapshot`); going back is then `rollback_mode=restore`.",
+        ),
     ),
     Rule(
         "sql-depends-on-live-schema", "SQL cannot be rendered without the live schema", "medium",
@@ -202,6 +363,14 @@ _RULE_LIST = [
         "for this database state; it is graded from the operation only.",
         "Review the operation by hand, or plan against a copy of production with the earlier migrations applied.",
         lock="unknown", work="unknown",
+        sequence=(
+            "Plan against a database that has the earlier migrations applied (a staging copy of production): "
+            "`safedeploy.django.django_migration_plan` then renders and grades the real SQL.",
+            "Or read `manage.py sqlmigrate <app> <migration>` on such a database and look for blocking index "
+            "builds and validated constraints.",
+            "Replace `unique_together` / `index_together` changes by explicit `Meta.indexes` / "
+            "`Meta.constraints`, built with `AddIndexConcurrently` or the `add-unique-constraint` sequence.",
+        ),
     ),
     Rule(
         "state-only", "No SQL (state-only change)", "none",
@@ -223,6 +392,14 @@ _RULE_LIST = [
         "Move the step that needs atomic = False (CONCURRENTLY) into a migration of its own; keep the "
         "other steps atomic.",
         lock="none", work="none",
+        sequence=(
+            "Put each CONCURRENTLY operation (`AddIndexConcurrently`, `RemoveIndexConcurrently`, or `RunSQL` "
+            "with `CREATE INDEX CONCURRENTLY`) in a migration of its own with `atomic = False`.",
+            "Put the other operations in ordinary atomic migrations before or after it (dependencies keep the "
+            "order).",
+            "If a non-atomic migration fails anyway, `safedeploy.django.django_migrate_once` drops the INVALID "
+            "index it left before the next run; fix the cause and deploy again.",
+        ),
     ),
     Rule(
         "mixed-phase-migration", "Migration mixes expand and contract steps", "medium",
@@ -232,6 +409,13 @@ _RULE_LIST = [
         "Split it: the additions in a pre-deploy migration, the removals in a later one marked "
         "safedeploy_phase = 'post'.",
         lock="none", work="none",
+        sequence=(
+            "Release N, pre-deploy migration: the expand operations (`CreateModel`, `AddField`, `AddIndex` / "
+            "`AddIndexConcurrently`, `AddConstraint`), applied before the rollout.",
+            f"Release N (or later), post-deploy migration with {_POST}, depending on the first: the contract "
+            "operations (`RemoveField`, `DeleteModel`), applied by the contract play once every host runs the "
+            "new code.",
+        ),
     ),
     Rule(
         "concurrently-in-atomic", "CONCURRENTLY inside an atomic migration", "medium",
@@ -239,6 +423,12 @@ _RULE_LIST = [
         "deploy (Django refuses AddIndexConcurrently when atomic, PostgreSQL refuses the raw SQL).",
         "Set atomic = False on the migration and keep the concurrent operation alone in it.",
         lock="none", work="none",
+        sequence=(
+            "Move the operation into a migration of its own and set `atomic = False` on its Migration class: "
+            "`AddIndexConcurrently` / `RemoveIndexConcurrently`, or `RunSQL(\"CREATE INDEX CONCURRENTLY ...\", "
+            "reverse_sql=\"DROP INDEX CONCURRENTLY ...\")`.",
+            "Keep nothing else in that migration (see `non-atomic-partial-apply`).",
+        ),
     ),
     Rule(
         "dml-with-ddl", "Data change in the same transaction as DDL on an existing table", "medium",
@@ -247,6 +437,14 @@ _RULE_LIST = [
         "Put schema changes and data changes in separate migrations (or run the backfill after the deploy).",
         size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="data change",
+        sequence=(
+            "Migration 1: the schema change alone (e.g. `AddField(..., null=True)`), so that its lock is released "
+            "at its COMMIT.",
+            "Migration 2: the data change alone (`RunPython` / `RunSQL`), only when it is small.",
+            f"For a big table, drop migration 2 and run the change after the deploy with the {_BACKFILL}, in "
+            "batches.",
+            "A later release: schema that needs the data (NOT NULL, a constraint) once the backfill finished.",
+        ),
     ),
     Rule(
         "several-strong-locks", "Several strong-lock statements in one transaction", "medium",
@@ -255,6 +453,14 @@ _RULE_LIST = [
         "Split the migration so that each lock-taking step commits on its own.",
         size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="scan",
+        sequence=(
+            "One migration per lock-taking step, chained by dependencies: each commits and releases its lock "
+            "before the next one starts.",
+            "Replace each step by its non-blocking form: `AddIndexConcurrently` (own migration, `atomic = "
+            "False`), `AddConstraintNotValid` + `ValidateConstraint`, expand/contract instead of a type change.",
+            "When steps touch several tables, order them the way the application locks them (e.g. parent "
+            "before child) so that they cannot deadlock with it.",
+        ),
     ),
     Rule(
         "catalog-change", "SQL without a lock or size hazard", "low",
@@ -272,14 +478,36 @@ _RULE_LIST = [
         "Use django.contrib.postgres.operations.AddIndexConcurrently in a migration with atomic = False.",
         level="postgresql", size_sensitive=True,
         lock="SHARE", work="index build",
+        sequence=(
+            "A migration of its own with `atomic = False`: `AddIndexConcurrently(\"<model>\", models.Index("
+            "fields=[...], name=\"<index>\"))` instead of `AddIndex`; one index per migration.",
+            "For an index Django adds by itself (`db_index=True`, a `ForeignKey`): in such a migration, "
+            "`SeparateDatabaseAndState(state_operations=[AlterField(...)], database_operations=[RunSQL("
+            "'CREATE INDEX CONCURRENTLY \"<index>\" ON \"<table>\" (\"<col>\")', "
+            "reverse_sql='DROP INDEX CONCURRENTLY \"<index>\"')])`, with the index name `manage.py sqlmigrate` "
+            "shows.",
+            "If the build fails, `safedeploy.django.django_migrate_once` drops the INVALID index it left before "
+            "the next run.",
+        ),
     ),
     Rule(
         "alter-column-type", "Column type change", "medium",
         "ALTER COLUMN ... TYPE rewrites the table and its indexes under an ACCESS EXCLUSIVE lock (reads "
         "and writes wait), and the old code may not handle the new type.",
-        "Add a new column of the new type, backfill in batches, switch the code, drop the old column later.",
+        "Add a new column of the new type, backfill in batches, switch the code, drop the old column later "
+        "(widening a varchar or making it text is already safe).",
         level="postgresql", size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="rewrite",
+        sequence=(
+            "Release 1, pre-deploy migration: `AddField` of a new column of the new type with `null=True` "
+            "(catalog only); the code writes both columns. (Widening a varchar, or varchar to text, needs none "
+            "of this: `alter-column-type-no-rewrite`.)",
+            f"After release 1: fill the new column with the {_BACKFILL}: `backfill_set` = `<new> = <old>` (a "
+            "cast if needed), `backfill_where` = `<new> IS NULL AND <old> IS NOT NULL`.",
+            "Release 2: the code reads the new column and still writes both; NOT NULL, if needed, with "
+            "`AddConstraintNotValid` -> `ValidateConstraint` -> `AlterField(null=False)`.",
+            *_drop_column_steps("3", "4", "<old>"),
+        ),
     ),
     Rule(
         "alter-column-type-no-rewrite", "Column type change without a rewrite", "low",
@@ -292,10 +520,26 @@ _RULE_LIST = [
         "add-constraint-validating", "Foreign key or CHECK constraint validated under lock", "medium",
         "ADD CONSTRAINT without NOT VALID scans the whole table while holding a lock that blocks writes "
         "(and for a foreign key, the referenced table too).",
-        "Add the constraint NOT VALID, then VALIDATE CONSTRAINT in a separate step (only a SHARE UPDATE "
-        "EXCLUSIVE lock).",
+        "Add the constraint NOT VALID (AddConstraintNotValid; RunSQL for a foreign key), then VALIDATE it in a "
+        "separate migration (ValidateConstraint: only a SHARE UPDATE EXCLUSIVE lock).",
         level="postgresql", size_sensitive=True,
         lock="SHARE ROW EXCLUSIVE", work="scan",
+        sequence=(
+            "CHECK, migration 1: `AddConstraintNotValid(\"<model>\", CheckConstraint(condition=Q(...), "
+            "name=\"<name>\"))` instead of `AddConstraint`: no scan, new and updated rows are checked.",
+            "CHECK, migration 2 (its own): `ValidateConstraint(\"<model>\", \"<name>\")`: scans under SHARE "
+            "UPDATE EXCLUSIVE only, reads and writes go on.",
+            "Foreign key on a new column, migration 1: `AddField(..., models.ForeignKey(..., null=True, "
+            "db_constraint=False, db_index=False))`, then its index with `AddIndexConcurrently` in a migration "
+            "with `atomic = False`.",
+            "Foreign key, next migration: `SeparateDatabaseAndState(state_operations=[AlterField(... "
+            "db_constraint=True)], database_operations=[RunSQL('ALTER TABLE \"<table>\" ADD CONSTRAINT "
+            "\"<fk>\" FOREIGN KEY (\"<col>\") REFERENCES \"<parent>\" (\"id\") DEFERRABLE INITIALLY "
+            "DEFERRED NOT VALID', reverse_sql='ALTER TABLE \"<table>\" DROP CONSTRAINT \"<fk>\"')])`: "
+            "Django's state gets the constraint, the database skips the scan.",
+            "Foreign key, next migration (its own): `ValidateConstraint(\"<model>\", \"<fk>\")`: SHARE UPDATE "
+            "EXCLUSIVE on the table, ROW SHARE on the referenced one.",
+        ),
     ),
     Rule(
         "add-primary-key", "PRIMARY KEY added to an existing table", "medium",
@@ -305,6 +549,19 @@ _RULE_LIST = [
         "CONSTRAINT ... PRIMARY KEY USING INDEX.",
         level="postgresql", size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="index build",
+        sequence=(
+            "Migration 1, with `atomic = False`: `RunSQL('CREATE UNIQUE INDEX CONCURRENTLY \"<index>\" ON "
+            "\"<table>\" (\"<col>\")', reverse_sql='DROP INDEX CONCURRENTLY \"<index>\"')`.",
+            "Make the key columns NOT NULL without a scan under lock: `AddConstraintNotValid` (CHECK IS NOT "
+            "NULL) -> `ValidateConstraint` -> SET NOT NULL (`AlterField(null=False)`), each in its own "
+            "migration.",
+            "Last migration: `SeparateDatabaseAndState(database_operations=[RunSQL('ALTER TABLE \"<table>\" "
+            "ADD CONSTRAINT \"<pk>\" PRIMARY KEY USING INDEX \"<index>\"', reverse_sql='ALTER TABLE "
+            "\"<table>\" DROP CONSTRAINT \"<pk>\"')], state_operations=[AlterField(... primary_key=True)])`: "
+            "a momentary ACCESS EXCLUSIVE lock, no index build, no scan. The planner cannot see that the "
+            "columns are NOT NULL already and still reports `add-primary-key` for it: waive it for this "
+            "migration.",
+        ),
     ),
     Rule(
         "drop-index-blocking", "DROP INDEX without CONCURRENTLY", "medium",
@@ -313,13 +570,36 @@ _RULE_LIST = [
         "Use RemoveIndexConcurrently (DROP INDEX CONCURRENTLY) in a migration with atomic = False.",
         level="postgresql",
         lock=ACCESS_EXCLUSIVE, work="none",
+        sequence=(
+            "A migration of its own with `atomic = False`: `RemoveIndexConcurrently(\"<model>\", \"<index>\")` "
+            "instead of `RemoveIndex` (DROP INDEX CONCURRENTLY waits for running queries instead of blocking "
+            "them).",
+            "For an index Django drops by itself (`db_index=False`, `unique=False`): in such a migration, "
+            "`SeparateDatabaseAndState(state_operations=[AlterField(...)], database_operations=[RunSQL("
+            "'DROP INDEX CONCURRENTLY \"<index>\"', reverse_sql='CREATE INDEX CONCURRENTLY ...')])`.",
+            f"If the old code's queries need the index, make that migration post-deploy ({_POST}), so that it "
+            "runs once only the new code serves.",
+        ),
     ),
     Rule(
         "add-unique-constraint", "UNIQUE constraint built under lock", "medium",
         "ADD CONSTRAINT ... UNIQUE builds a unique index while blocking writes; duplicates make it fail.",
-        "CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT ... UNIQUE USING INDEX.",
+        "CREATE UNIQUE INDEX CONCURRENTLY first (atomic = False), then ADD CONSTRAINT ... UNIQUE USING INDEX "
+        "(SeparateDatabaseAndState).",
         level="postgresql", size_sensitive=True,
         lock=ACCESS_EXCLUSIVE, work="index build",
+        sequence=(
+            "Look for duplicates first (`prechecks: true` on `safedeploy.django.django_migration_plan` reports "
+            "them as `will-fail-duplicates`) and remove them.",
+            "Migration 1, with `atomic = False`: `RunSQL('CREATE UNIQUE INDEX CONCURRENTLY \"<name>\" ON "
+            "\"<table>\" (\"<col>\")', reverse_sql='DROP INDEX CONCURRENTLY \"<name>\"')` (Django's "
+            "`AddIndexConcurrently` takes a `models.Index`, which cannot be unique).",
+            "Migration 2: `SeparateDatabaseAndState(database_operations=[RunSQL('ALTER TABLE \"<table>\" ADD "
+            "CONSTRAINT \"<name>\" UNIQUE USING INDEX \"<name>\"', reverse_sql='ALTER TABLE \"<table>\" "
+            "DROP CONSTRAINT \"<name>\"')], state_operations=[AddConstraint(\"<model>\", "
+            "models.UniqueConstraint(fields=[\"<field>\"], name=\"<name>\"))])` (for `unique=True` on the "
+            "field: `state_operations=[AlterField(...)]`): a momentary lock, no index build.",
+        ),
     ),
     Rule(
         "raw-sql-destructive", "Raw SQL drops, truncates or renames", "high",
@@ -327,6 +607,16 @@ _RULE_LIST = [
         "Move destructive SQL to a post-deploy phase after a verified snapshot.",
         level="postgresql",
         lock=ACCESS_EXCLUSIVE, work="none", breaks_old_code=True,
+        sequence=(
+            "Release N, code: stop using what the SQL drops or truncates. A rename cannot be made compatible: "
+            "use the `rename-field` / `rename-model` sequence instead of `RENAME`.",
+            "A column or table of a model: follow the `remove-field` / `delete-model` sequence (out of Django's "
+            "state in release N, Django's `RemoveField` / `DeleteModel` in release N+1's post-deploy phase), "
+            "which the planner grades as data removal (medium); a raw DROP stays high in any phase.",
+            "Anything else (a view, another tool's table): the `RunSQL` with a `reverse_sql` in a migration of "
+            f"release N+1 with {_POST}, after the contract play's verified snapshot "
+            "(`safedeploy.django.pg_snapshot`); it stays graded high, so waive it for that migration.",
+        ),
     ),
     Rule(
         "raw-sql-data-change", "Raw SQL changes rows of an existing table", "medium",
@@ -335,6 +625,15 @@ _RULE_LIST = [
         "Backfill in small batches after the deploy (django_backfill), outside the migration transaction.",
         level="postgresql", size_sensitive=True,
         lock="ROW EXCLUSIVE", work="data change",
+        sequence=(
+            "Release N, pre-deploy migration: only the schema the new code needs (e.g. `AddField(..., "
+            "null=True)`), without the UPDATE / DELETE.",
+            f"After release N: the same change with the {_BACKFILL}: an UPDATE as `backfill_set` + an idempotent "
+            "`backfill_where`, a DELETE or anything else as `backfill_command`; batches of "
+            "`backfill_batch_size` rows, each its own transaction, resumable.",
+            "A later release: schema that depends on the result (NOT NULL, a constraint) once the backfill "
+            "reports finished.",
+        ),
     ),
     # -- data pre-checks (opt-in: prechecks=true) --------------------------------------
     Rule(
@@ -343,6 +642,12 @@ _RULE_LIST = [
         "back (or, non-atomic, left half-applied) while the new code waits for it.",
         "Backfill the NULLs (in batches, before the release), or keep the column nullable.",
         level="data",
+        sequence=(
+            "Release N, code only: never write NULL into the column (or keep it `null=True` and stop here).",
+            f"After release N: fill the NULLs with the {_BACKFILL}: `backfill_set` = `<col> = <value>`, "
+            "`backfill_where` = `<col> IS NULL`.",
+            *_not_null_steps("N+1"),
+        ),
     ),
     Rule(
         "will-fail-duplicates", "Duplicates where the migration adds uniqueness", "medium",
@@ -350,6 +655,14 @@ _RULE_LIST = [
         "Deduplicate the rows first (a data migration or a backfill before the release), then add the "
         "constraint.",
         level="data",
+        sequence=(
+            "Release N, code: stop creating duplicates (e.g. `get_or_create` / `update_or_create`, or a "
+            "lookup under `select_for_update` before the INSERT).",
+            f"After release N: merge or delete the duplicates in batches with the {_BACKFILL} and a "
+            "`backfill_command` (a small table: a `RunPython` with `reverse_code` is enough).",
+            "Release N+1: the unique constraint with the `add-unique-constraint` sequence (`CREATE UNIQUE INDEX "
+            "CONCURRENTLY` with `atomic = False`, then `UNIQUE USING INDEX` in `SeparateDatabaseAndState`).",
+        ),
     ),
     Rule(
         "will-fail-orphans", "Orphan rows where the migration adds a foreign key", "medium",
@@ -357,6 +670,18 @@ _RULE_LIST = [
         "deploy.",
         "Delete or fix the orphan rows first, or add the constraint NOT VALID and validate it after cleaning.",
         level="data",
+        sequence=(
+            "Release N, migration: the foreign key NOT VALID: `SeparateDatabaseAndState(state_operations=["
+            "AlterField(... db_constraint=True)], database_operations=[RunSQL('ALTER TABLE \"<table>\" ADD "
+            "CONSTRAINT \"<fk>\" FOREIGN KEY (\"<col>\") REFERENCES \"<parent>\" (\"id\") DEFERRABLE "
+            "INITIALLY DEFERRED NOT VALID', reverse_sql='ALTER TABLE \"<table>\" DROP CONSTRAINT "
+            "\"<fk>\"')])`: new rows are checked, the orphans stay.",
+            f"After release N: fix the orphans with the {_BACKFILL}: e.g. `backfill_set` = `<col> = NULL`, "
+            "`backfill_where` = `<col> IS NOT NULL AND NOT EXISTS (SELECT 1 FROM <parent> p WHERE p.id = "
+            "<table>.<col>)`, or a `backfill_command` that deletes them.",
+            "Release N+1, migration of its own: `ValidateConstraint(\"<model>\", \"<fk>\")`: SHARE UPDATE "
+            "EXCLUSIVE on the table only.",
+        ),
     ),
     # -- backwards plans (target_migration below the applied state) -----------------------
     Rule(
@@ -365,6 +690,14 @@ _RULE_LIST = [
         "irreversible operation): migrating backwards stops with IrreversibleError.",
         "Roll back the application only (keep the schema), or restore the snapshot taken before the deploy.",
         level="rollback",
+        sequence=(
+            "Roll back the application only: `safedeploy.django.rollback` with `rollback_mode=app`; the previous "
+            "release runs on the expanded schema.",
+            "If the schema must go back: `rollback_mode=restore` with `rollback_confirm=<database>` restores the "
+            "verified snapshot the deploy took before migrating (writes since then are lost).",
+            "Next time: a `reverse_code` for every `RunPython` and a `reverse_sql` for every `RunSQL` "
+            "(`RunPython.noop` / `RunSQL.noop` when nothing needs undoing).",
+        ),
     ),
     Rule(
         "unapply-drops-data", "Unapplying drops a column or table with its data", "high",
@@ -372,6 +705,14 @@ _RULE_LIST = [
         "the deploy is lost, and code still using it breaks.",
         "Prefer rolling back the application only: the newer column/table is invisible to the old code.",
         level="rollback", lock=ACCESS_EXCLUSIVE, breaks_old_code=True,
+        sequence=(
+            "Roll back the application only: `safedeploy.django.rollback` with `rollback_mode=app`; the previous "
+            "release ignores the newer column or table and its data stays.",
+            "If the column or table must go, drop it forwards in a later release: `RemoveField` / `DeleteModel` "
+            f"in a migration with {_POST}, after the contract play's snapshot.",
+            "If you migrate backwards anyway (`rollback_mode=migrations`), only the snapshot taken by the deploy "
+            "(`safedeploy.django.pg_snapshot`) keeps the data.",
+        ),
     ),
     Rule(
         "unapply-reversible", "Migration can be unapplied", "low",
@@ -410,6 +751,14 @@ _RE_VOLATILE_DEFAULT = re.compile(
     re.I,
 )
 _RE_RENAME_COLUMN = re.compile(r"\bRENAME\s+COLUMN\b", re.I)
+# ADD CONSTRAINT ... UNIQUE USING INDEX: the index was built before (CONCURRENTLY); no build under the lock.
+_RE_UNIQUE_USING_INDEX = re.compile(r"\bUNIQUE\s+USING\s+INDEX\b", re.I)
+# A CHECK (col IS NOT NULL) lets PostgreSQL 12+ skip SET NOT NULL's scan once it is validated.
+_RE_CHECK_NOT_NULL = re.compile(
+    r'\bADD\s+CONSTRAINT\s+"?(\w+)"?\s+CHECK\s*\(\s*\(?\s*"?(\w+)"?\s+IS\s+NOT\s+NULL\s*\)?\s*\)', re.I
+)
+_RE_VALIDATE_CONSTRAINT = re.compile(r'\bVALIDATE\s+CONSTRAINT\s+"?(\w+)"?', re.I)
+_RE_DROP_CONSTRAINT = re.compile(r'\bDROP\s+CONSTRAINT\s+(?:IF\s+EXISTS\s+)?"?(\w+)"?', re.I)
 # Rules whose verdict means "a lock that blocks writes, held while the statement works".
 _LOCK_RULES = {
     "create-index-blocking", "alter-column-type", "alter-field-set-not-null", "add-constraint-validating",
@@ -504,6 +853,7 @@ def verdict(
         "title": rule.title,
         "why": rule.why,
         "alternative": rule.alternative,
+        "sequence": list(rule.sequence),
         "lock": lock or rule.lock,
         "work": rule.work,
         "backward_incompatible": rule.breaks_old_code,
@@ -551,8 +901,13 @@ def judge_sql(
     raw: bool,
     op: dict | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    facts: dict | None = None,
 ) -> list[dict]:
-    """PostgreSQL-level verdicts for SQL statements; ``raw`` is True for RunSQL text."""
+    """PostgreSQL-level verdicts for SQL statements; ``raw`` is True for RunSQL text.
+
+    ``facts`` (see ``plan_facts``) carries what earlier statements of the plan established, and is
+    updated with what these statements establish.
+    """
     v = functools.partial(verdict, tables=tables, thresholds=thresholds)
     verdicts = []
     for statement in statements:
@@ -566,7 +921,8 @@ def judge_sql(
                 verdicts.append(v("alter-column-type-no-rewrite", table=table))
             else:
                 verdicts.append(v("alter-column-type", table=table, statement=statement))
-        if _RE_SET_NOT_NULL.search(statement) and existing:
+        set_not_null = _RE_SET_NOT_NULL.search(statement)
+        if set_not_null and existing and not _proven_not_null(facts, table, set_not_null.group(1)):
             verdicts.append(v("alter-field-set-not-null", table=table, statement=statement))
         drop_index = _RE_DROP_INDEX.search(statement)
         if drop_index and not drop_index.group(1):
@@ -579,7 +935,9 @@ def judge_sql(
             verdicts.append(v(rule_id, table=table, statement=statement, lock=ACCESS_EXCLUSIVE))
         elif constraint and existing:
             kind = constraint.group(1).upper()
-            if kind.startswith("UNIQUE") or kind.startswith("EXCLUDE"):
+            if kind.startswith("UNIQUE") and _RE_UNIQUE_USING_INDEX.search(statement):
+                pass  # the index exists already (built CONCURRENTLY): a catalog change
+            elif kind.startswith("UNIQUE") or kind.startswith("EXCLUDE"):
                 verdicts.append(v("add-unique-constraint", table=table, statement=statement))
             elif not _RE_NOT_VALID.search(statement):
                 lock = None if kind.startswith("FOREIGN") else ACCESS_EXCLUSIVE  # CHECK: ALTER TABLE's default
@@ -598,7 +956,46 @@ def judge_sql(
                 data_table = _plain(data.group(2) or data.group(3))
                 if data_table not in new_tables:
                     verdicts.append(v("raw-sql-data-change", table=data_table, statement=statement))
+        if facts is not None and table:
+            _learn(facts, table, statement)
     return verdicts
+
+
+def plan_facts() -> dict:
+    """What the statements of a plan establish for the later ones (``judge_sql``'s ``facts``).
+
+    ``checks``: NOT VALID ``CHECK (col IS NOT NULL)`` constraints, (table, name) -> (column, migration);
+    ``not_null``: (table, column) -> constraint name, for such a CHECK that is validated, so that a
+    later SET NOT NULL skips its scan (PostgreSQL 12+). ``migration`` is the migration being judged.
+    """
+    return {"migration": None, "checks": {}, "not_null": {}}
+
+
+def _learn(facts: dict, table: str, statement: str) -> None:
+    check = _RE_CHECK_NOT_NULL.search(statement)
+    if check:
+        name, column = check.group(1), check.group(2)
+        if _RE_NOT_VALID.search(statement):
+            facts["checks"][(table, name)] = (column, facts.get("migration"))
+        else:  # validated as it is added (and graded add-constraint-validating for that)
+            facts["not_null"][(table, column)] = name
+    validate = _RE_VALIDATE_CONSTRAINT.search(statement)
+    if validate and (table, validate.group(1)) in facts["checks"]:
+        column, added_in = facts["checks"][(table, validate.group(1))]
+        # In the migration that added it, the ADD's ACCESS EXCLUSIVE lock is still held during the scan:
+        # that is not the safe sequence, so it proves nothing.
+        if added_in != facts.get("migration"):
+            facts["not_null"][(table, column)] = validate.group(1)
+    drop = _RE_DROP_CONSTRAINT.search(statement)
+    if drop:
+        facts["checks"].pop((table, drop.group(1)), None)
+        for key, name in list(facts["not_null"].items()):
+            if key[0] == table and name == drop.group(1):
+                del facts["not_null"][key]
+
+
+def _proven_not_null(facts: dict | None, table: str | None, column: str) -> bool:
+    return bool(facts) and (table, column) in facts["not_null"]
 
 
 def _short(statement: str, limit: int = 160) -> str:
@@ -606,8 +1003,13 @@ def _short(statement: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def judge_operation(op: dict, tables: dict | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[dict]:
-    """All verdicts for one operation's facts (as reported by the helper)."""
+def judge_operation(
+    op: dict,
+    tables: dict | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    facts: dict | None = None,
+) -> list[dict]:
+    """All verdicts for one operation's facts (as reported by the helper); ``facts``: see ``plan_facts``."""
     tables = tables or {}
     v = functools.partial(verdict, tables=tables, thresholds=thresholds)
     kind = op.get("type")
@@ -663,7 +1065,7 @@ def judge_operation(op: dict, tables: dict | None = None, thresholds: Thresholds
     # SeparateDatabaseAndState's database operations are hand-picked: judge their SQL like raw SQL.
     raw = kind in ("RunSQL", "SeparateDatabaseAndState")
     statements = (op.get("run_sql") or {}).get("sql", []) if kind == "RunSQL" else op.get("sql") or []
-    verdicts.extend(judge_sql(statements, new_tables, tables, raw=raw, op=op, thresholds=thresholds))
+    verdicts.extend(judge_sql(statements, new_tables, tables, raw=raw, op=op, thresholds=thresholds, facts=facts))
 
     if not verdicts and kind != "RunPython" and any(s.strip() for s in statements):
         verdicts.append(v("catalog-change"))
@@ -766,17 +1168,28 @@ def _migration_verdicts(
     return out
 
 
-def judge_migration(migration: dict, tables: dict | None = None, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
-    """Judge every operation; returns the migration with risk, verdicts, sql and reversibility filled in."""
+def judge_migration(
+    migration: dict,
+    tables: dict | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    facts: dict | None = None,
+) -> dict:
+    """Judge every operation; returns the migration with risk, verdicts, sql and reversibility filled in.
+
+    ``facts`` (``plan_facts()``), shared by the migrations of one plan in order, lets a step rely on what
+    an earlier migration of the plan did (a validated CHECK (col IS NOT NULL) before SET NOT NULL).
+    """
     tables = tables or {}
     if migration.get("direction") == "backwards":
         return _judge_backwards(migration, tables, thresholds)
+    if facts is not None:
+        facts["migration"] = migration.get("id")
     all_verdicts = []
     sql = []
     errors = []
     operations = []
     for op in migration.get("operations", []):
-        op_verdicts = judge_operation(op, tables, thresholds)
+        op_verdicts = judge_operation(op, tables, thresholds, facts)
         if migration.get("phase") == "post":
             op_verdicts = [_post_phase(item, thresholds) for item in op_verdicts]
         judged = dict(op)
@@ -976,7 +1389,8 @@ def assess_plan(
 ) -> dict:
     """Turn the helper's plan reply into the module's result (without ``changed``)."""
     tables = reply.get("tables") or {}
-    plan = [judge_migration(m, tables, thresholds) for m in reply.get("plan") or []]
+    facts = plan_facts()
+    plan = [judge_migration(m, tables, thresholds, facts) for m in reply.get("plan") or []]
     prechecks = [
         dict(check, migration=m["id"], operation=op.get("index"))
         for m in plan
@@ -1023,6 +1437,18 @@ def _verdict_line(migration: dict, item: dict) -> str:
     return line
 
 
+def _finding_lines(migration: dict, item: dict, shown: set[str]) -> list[str]:
+    """A finding as a list item, with the rule's safe sequence as numbered steps the first time it appears."""
+    line = "- " + _cell(_verdict_line(migration, item))
+    steps = item.get("sequence") or []
+    if not steps:
+        return [line]
+    if item["rule"] in shown:
+        return [line + f" Safe sequence: as for `{item['rule']}` above."]
+    shown.add(item["rule"])
+    return [line + " Safe sequence:"] + [f"  {number}. {_cell(step)}" for number, step in enumerate(steps, start=1)]
+
+
 def render_markdown(result: dict) -> str:
     target = result.get("target") or {}
     gate_info = result.get("gate") or {}
@@ -1051,8 +1477,9 @@ def render_markdown(result: dict) -> str:
                 f"{'yes' if migration.get('reversible') else 'no'} | {_cell(ops)} | {_cell(verdicts or '-')} |"
             )
         lines.append("")
+    shown: set[str] = set()
     findings = [
-        _verdict_line(migration, item)
+        _finding_lines(migration, item, shown)
         for migration in plan
         for item in migration.get("verdicts", [])
         if RISK_RANK[item["risk"]] >= RISK_RANK["medium"]
@@ -1063,7 +1490,7 @@ def render_markdown(result: dict) -> str:
     ]
     sections = (
         ("Blocking", gate_info.get("reasons")),
-        ("Findings (medium and high)", findings),
+        ("Findings (medium and high)", findings),  # each a list of lines already
         ("Data pre-checks", prechecks),
         (
             "Waived",
@@ -1097,7 +1524,8 @@ def render_markdown(result: dict) -> str:
     for title, items in sections:
         if items:
             lines.append(f"**{title}:**")
-            lines.extend(f"- {_cell(item)}" for item in items)
+            for item in items:
+                lines.extend(item if isinstance(item, list) else [f"- {_cell(item)}"])
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -1139,6 +1567,37 @@ def rules_markdown(examples: dict[str, str] | None = None) -> str:
             f"| {rule.lock} | {rule.work} | {'yes' if rule.breaks_old_code else 'no'} | {_cell(rule.title)} |"
         )
     lines.append("")
+    lines += [
+        "## Safe sequences",
+        "",
+        "Every rule above low risk gives, besides its one-line *Safer* hint, a *safe sequence*: the ordered "
+        "steps that make the same change without the hazard. Each verdict carries them as `sequence` (a list "
+        "of strings), and the Markdown report numbers them under the first finding of each rule. In the steps:",
+        "",
+        "- **Release N** is one deploy of `playbooks/deploy.yml`: its pre-deploy migrations, the rollout of "
+        "its code, then its post-deploy migrations.",
+        "- A **pre-deploy migration** is an ordinary one (phase `pre`, applied before the rollout, while the "
+        "old code still serves); a **post-deploy migration** has `safedeploy_phase = \"post\"` on its "
+        "Migration class or is listed in `release_post_migrations`, and is applied by the contract play after "
+        "a verified snapshot, once every host runs the new code (see [migrate-once.md](migrate-once.md)).",
+        "- **After release N** is outside the deploy, once release N serves everywhere: backfills run with "
+        "the `safedeploy.django.backfill` playbook / `safedeploy.django.django_backfill` module (see "
+        "[backfill.md](backfill.md)).",
+        "- Placeholders are in angle brackets: `<model>`, `<field>`, `<table>`, `<col>`, `<check>`, `<fk>`.",
+        "",
+        "Every sequence is written with Django's own operations: `AddIndexConcurrently`, "
+        "`RemoveIndexConcurrently`, `AddConstraintNotValid` and `ValidateConstraint` from "
+        "`django.contrib.postgres.operations`, plus `SeparateDatabaseAndState` and `RunSQL` (with "
+        "`reverse_sql` and `state_operations`) for the few statements Django has no operation for (`CREATE "
+        "UNIQUE INDEX CONCURRENTLY`, `ADD CONSTRAINT ... USING INDEX`, a foreign key added `NOT VALID`): each "
+        "is one line of SQL, so the collection needs no package of migration operations of its own.",
+        "",
+        "The planner follows these sequences across the migrations of one plan: `SET NOT NULL` after a "
+        "`CHECK (col IS NOT NULL)` constraint that one migration of the plan added `NOT VALID` and a later one "
+        "validated is a "
+        "`catalog-change`, and so is `ADD CONSTRAINT ... UNIQUE USING INDEX`.",
+        "",
+    ]
     for rule in _RULE_LIST:
         lines += [
             f"## {rule.id}",
@@ -1154,6 +1613,10 @@ def rules_markdown(examples: dict[str, str] | None = None) -> str:
             f"*Safer:* {rule.alternative}",
             "",
         ]
+        if rule.sequence:
+            lines += ["*Safe sequence:*", ""]
+            lines += [f"{number}. {step}" for number, step in enumerate(rule.sequence, start=1)]
+            lines.append("")
         if rule.id in examples:
             lines += ["*Example:*", "", "```python", examples[rule.id].rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -89,11 +89,16 @@ def _sentence(text: str) -> str:
     return (text or "").strip().rstrip(".")
 
 
+def _steps_markdown(steps) -> str:
+    return "\n".join(f"{number}. {step}" for number, step in enumerate(steps, start=1))
+
+
 def _descriptor(rule_id: str, rule, example: dict) -> dict:
     """A reportingDescriptor from the registry's rule (or, for a rule it lacks, from a verdict)."""
     title = _rule_field(rule, "title") or example.get("title") or rule_id
     why = _rule_field(rule, "why") or example.get("why") or title
     alternative = _rule_field(rule, "alternative") or example.get("alternative") or "See the rule's documentation."
+    steps = list(_rule_field(rule, "sequence") or example.get("sequence") or [])
     risk = _rule_field(rule, "risk") or example.get("risk") or "none"
     level = _rule_field(rule, "level") or "django"
     return {
@@ -104,7 +109,8 @@ def _descriptor(rule_id: str, rule, example: dict) -> dict:
         "help": {
             "text": alternative,
             "markdown": f"**{title}** (default risk **{risk}**, {level} level)\n\n"
-            f"*Why:* {why}\n\n*Safer:* {alternative}",
+            f"*Why:* {why}\n\n*Safer:* {alternative}"
+            + (f"\n\n*Safe sequence:*\n\n{_steps_markdown(steps)}" if steps else ""),
         },
         "defaultConfiguration": {"level": LEVELS.get(risk, "warning")},
         "properties": _descriptor_properties(rule, level, risk),
@@ -148,7 +154,7 @@ def _reason_prefix(migration_id: str, verdict: dict) -> str:
     return f"{where}: {verdict['rule']} "
 
 
-def _message(migration: dict, verdict: dict, descriptions: dict) -> str:
+def _message(migration: dict, verdict: dict, descriptions: dict) -> dict:
     index = verdict.get("operation")
     if index is None:
         where = f"{migration['id']} (whole migration)"
@@ -163,7 +169,14 @@ def _message(migration: dict, verdict: dict, descriptions: dict) -> str:
     )
     if verdict.get("detail"):
         text += f" Detail: {verdict['detail']}"
-    return text
+    steps = list(verdict.get("sequence") or [])
+    if not steps:
+        return {"text": text}
+    numbered = " ".join(f"({number}) {step}" for number, step in enumerate(steps, start=1))
+    return {
+        "text": f"{text} Safe sequence: {numbered}",
+        "markdown": f"{text}\n\n*Safe sequence:*\n\n{_steps_markdown(steps)}",
+    }
 
 
 def render(result: dict, rules: dict, project_path: str | None, version: str | None = None) -> dict:
@@ -200,7 +213,7 @@ def render(result: dict, rules: dict, project_path: str | None, version: str | N
             item = {
                 "ruleId": rule_id,
                 "level": LEVELS[risk],
-                "message": {"text": _message(migration, verdict, descriptions)},
+                "message": _message(migration, verdict, descriptions),
                 "partialFingerprints": {
                     FINGERPRINT: f"{migration_id}:{'migration' if index is None else index}:{rule_id}"
                 },

@@ -305,8 +305,15 @@ plan:
               description: What goes wrong.
               type: str
             alternative:
-              description: The safer way.
+              description: The safer way, in one line.
               type: str
+            sequence:
+              description:
+                - The safe sequence, as ordered steps (releases, migrations, backfills), each naming the Django
+                  operation, the collection module or playbook, or the deploy phase it uses.
+                - Empty for low-risk rules. The Markdown report numbers the steps; see C(docs/rules.md).
+              type: list
+              elements: str
             detail:
               description: The statement or table size that triggered the rule, when there is one.
               type: str

