@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
 export PATH := $(BIN):$(PATH)
 
-.PHONY: deps demo demo-clean test lint sanity unit integration e2e build clean bench-plan-speed bench-accuracy bench-lock-queue bench-snapshot
+.PHONY: deps demo demo-clean test lint sanity unit integration e2e molecule build clean bench-plan-speed bench-accuracy bench-lock-queue bench-snapshot bench-rolling bench-backfill
 
 deps: $(VENV)/.installed .build/collections/ansible_collections/safedeploy/django
 	@bash devtools/system-deps.sh
@@ -31,7 +31,7 @@ demo-clean:
 test: deps
 	bash devtools/run-tests.sh all
 
-lint sanity unit integration e2e: deps
+lint sanity unit integration e2e molecule: deps
 	bash devtools/run-tests.sh $@
 
 # Benchmarks print ratios against baselines measured in the same run (see benchmarks/).
@@ -50,6 +50,17 @@ bench-lock-queue: deps
 # Goals: pg_snapshot's dump phase >= 0.9x the bare dump's throughput; directory + 2 jobs faster than the bare dump.
 bench-snapshot: deps
 	$(BIN)/python benchmarks/snapshot/run.py
+
+# Failed requests and latency through nginx while the sandbox fleet changes release under steady load
+# (reads and order-inserting POSTs, >= 10,000 per run): no deploy, deploy.yml of 2.0.0 (with migrations),
+# and every gunicorn restarted at once. Goals: 0 failed requests for the deploy; its p99 <= 2x the no-deploy p99.
+bench-rolling: deps
+	$(BIN)/python benchmarks/rolling_under_load/run.py
+
+# Application write latency and throughput while 1,000,000 rows are backfilled: one UPDATE of every row vs
+# django_backfill. Goals: worst app write <= longest batch (+ margin); throughput >= 0.5x the single UPDATE.
+bench-backfill: deps
+	$(BIN)/python benchmarks/backfill/run.py
 
 build: deps
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist .

@@ -68,6 +68,41 @@ unit() { pytest_stage unit tests/unit -q; }
 integration() { pytest_stage integration tests/integration -q; }
 e2e() { pytest_stage e2e tests/e2e -q; }
 
+# Three systemd hosts in podman containers (extensions/molecule/default): the host side first
+# (devtools/molecule_env.py: apt packages, image, network, PostgreSQL, nginx ...), then the whole
+# `molecule test` sequence, then a teardown that leaves nothing running, whatever happened.
+molecule_teardown() { "$BIN/python" -m devtools.molecule_env down --purge; }
+# Run a command bounded in time. `timeout` puts it in a process group of its own, out of reach of a
+# Ctrl-C or a TERM sent to ours: run it in the background and pass those on, then end the stage
+# (the EXIT trap tears down).
+molecule_bounded() {
+  local seconds=$1 pid rc=0
+  shift
+  timeout --kill-after=30 "$seconds" "$@" &
+  pid=$!
+  trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit 143' INT TERM
+  wait "$pid" || rc=$?
+  trap 'exit 143' INT TERM
+  return "$rc"
+}
+molecule() {
+  export SAFEDEPLOY_MOLECULE_ENV=$REPO/.build/molecule-env/env.json NO_COLOR=1
+  # what an interrupted earlier run left behind (and its database: every run starts empty)
+  molecule_teardown >/dev/null 2>&1
+  trap 'molecule_teardown; rm -rf "$TEST_TMP"' EXIT
+  trap 'exit 143' INT TERM  # bash runs no EXIT trap when a signal kills it: make it exit instead
+  local rc=0
+  molecule_bounded 900 "$BIN/python" -m devtools.molecule_env up || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    # --destroy always: the containers go even when a step fails
+    molecule_bounded 1800 "$BIN/molecule" test --scenario-name default --destroy always || rc=$?
+  fi
+  molecule_teardown
+  trap 'rm -rf "$TEST_TMP"' EXIT
+  trap - INT TERM
+  return "$rc"
+}
+
 run() {
   local name=$1 start=$SECONDS
   echo "=== stage: $name"
@@ -80,7 +115,7 @@ run() {
 case "${1:-all}" in
   all)
     failed=()
-    for stage in lint sanity unit integration e2e; do
+    for stage in lint sanity unit integration e2e molecule; do
       run "$stage" || failed+=("$stage")
     done
     if [ ${#failed[@]} -gt 0 ]; then
@@ -89,6 +124,6 @@ case "${1:-all}" in
     fi
     echo "all stages passed in ${SECONDS}s"
     ;;
-  lint|sanity|unit|integration|e2e) run "$1" ;;
-  *) echo "usage: $0 [all|lint|sanity|unit|integration|e2e]" >&2; exit 2 ;;
+  lint|sanity|unit|integration|e2e|molecule) run "$1" ;;
+  *) echo "usage: $0 [all|lint|sanity|unit|integration|e2e|molecule]" >&2; exit 2 ;;
 esac
