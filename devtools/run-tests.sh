@@ -66,7 +66,9 @@ sanity() {
 
 unit() { pytest_stage unit tests/unit -q; }
 integration() { pytest_stage integration tests/integration -q; }
-e2e() { pytest_stage e2e tests/e2e -q; }
+# Each e2e module builds its own sandbox fleet (own PostgreSQL, nginx, ports) and spends most of its
+# time waiting on deploys: two modules at a time, each whole on one worker, in file order.
+e2e() { pytest_stage e2e tests/e2e -q -n 2 --dist loadfile; }
 
 # Three systemd hosts in podman containers (extensions/molecule/default): the host side first
 # (devtools/molecule_env.py: apt packages, image, network, PostgreSQL, nginx ...), then the whole
