@@ -312,6 +312,8 @@ def _shipped_files() -> set[Path]:
         text = path.read_text()
         names |= set(re.findall(r"(?:getsource|_source)\((\w+)\)", text))
         names |= set(re.findall(r"get_source\((\w+)\.__name__\)", text))
+        if re.search(r"(?:getsource|_source)\(sys\.modules\[__name__\]\)", text):
+            names.add(path.stem)  # a module_utils file that writes out its own source
     return {p for p in (PLUGINS / "module_utils" / f"{name}.py" for name in names) if p.exists()}
 
 
