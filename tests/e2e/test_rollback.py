@@ -133,7 +133,8 @@ def test_a_release_that_cannot_boot_is_rolled_back_to_release_1_under_load(sandb
 
     # the deploy stopped in its rollout, yet its report already holds what to go back to
     started = report(sandbox, "deploy-2.0.1.json")
-    assert started["status"] == "started", started
+    assert started["status"] == "rollout_failed", started
+    assert started["rollout"]["failed_host"] == "app1" and started["rollout"]["drained"] == ["app1"]
     assert started["previous_releases"] == on("1.0.0")
     assert started["migrations_before"]["shop"] == "0002_seed_products"
     assert "shop.0002_seed_products" in started["applied_before"]
