@@ -1,9 +1,12 @@
 """Build a release artifact of the sample shop (devtools/sample_app).
 
-A release is ``common/`` with ``release<N>/`` laid over it, plus a ``RELEASE``
-file holding the version. The tarball has no wrapping directory: its top level
-is manage.py, RELEASE, requirements.txt, shopsite/, shop/ — what the role
-unpacks into ``releases/<version>/``.
+Release N is ``common/`` with the overlays ``release1/``, ``release2/`` ...
+``release<N>/`` laid over it in that order (a later overlay's file replaces an
+earlier one's), plus a ``RELEASE`` file holding the version. So an overlay only
+carries what its release changes or adds: its models, views, new migrations.
+The tarball has no wrapping directory: its top level is manage.py, RELEASE,
+requirements.txt, shopsite/, shop/ — what the role unpacks into
+``releases/<version>/``.
 
 The output is reproducible (sorted members, fixed mtimes/owners, gzip without
 a timestamp): building the same sources twice gives the same bytes, so the
@@ -36,13 +39,18 @@ def releases() -> list[int]:
     return sorted(int(p.name[len("release"):]) for p in SAMPLE_APP.glob("release[0-9]*") if p.is_dir())
 
 
-def collect(release: int) -> dict[str, Path]:
-    """Relative path in the artifact → source file, overlay winning over common."""
+def layers(release: int) -> list[Path]:
+    """common/, then every overlay up to and including release<N>/, in release order."""
     overlay = SAMPLE_APP / f"release{release}"
     if not overlay.is_dir():
         raise SystemExit(f"no such release {release}: expected {overlay} (known: {releases()})")
+    return [SAMPLE_APP / "common", *(SAMPLE_APP / f"release{n}" for n in releases() if n <= release)]
+
+
+def collect(release: int) -> dict[str, Path]:
+    """Relative path in the artifact → source file, a later layer winning over an earlier one."""
     files: dict[str, Path] = {}
-    for layer in (SAMPLE_APP / "common", overlay):
+    for layer in layers(release):
         for dirpath, dirnames, filenames in os.walk(layer):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_NAMES)
             for name in filenames:
