@@ -29,6 +29,8 @@ from ansible_collections.safedeploy.django.plugins.module_utils._secrets import 
 BODY_EXCERPT = 512
 MAX_BODY = 1024 * 1024
 METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+BODY_FORMATS = ("json", "raw")
+MAX_PARALLEL = 64
 _MISSING = object()
 
 
@@ -321,6 +323,7 @@ class PollSettings:
     consecutive: int = 1
     timeout: float = 5.0
     excerpt_size: int = BODY_EXCERPT
+    parallel: int = 1
 
 
 @dataclass
@@ -340,6 +343,7 @@ class Check:
     safe_url: str
     method: str
     headers: dict[str, str]
+    data: bytes | None
     expect: Expectations
     settings: PollSettings
     tls: TlsOptions
@@ -385,6 +389,43 @@ def _check_file(name: str, path: str | None) -> None:
         raise ValueError(f"{name} {path} is not readable by this user")
 
 
+def encode_body(method: str, body: Any, body_format: str | None, headers: dict[str, str]) -> bytes | None:
+    """The request body as bytes (None without one); sets Content-Type for JSON unless a header gives one.
+
+    A dict or list is sent as JSON; a string as it is (``body_format: raw``) or, with
+    ``body_format: json``, as the JSON document it must be.
+    """
+    if body is None:
+        if body_format is not None:
+            raise ValueError("body_format needs a body")
+        return None
+    if method != "POST":
+        raise ValueError(f"body is sent with method POST only, not {method}: set method: POST or drop body")
+    if body_format is None:
+        body_format = "raw" if isinstance(body, (str, bytes)) else "json"
+    if body_format not in BODY_FORMATS:
+        raise ValueError(f"body_format must be one of {', '.join(BODY_FORMATS)}, got {body_format}")
+    if body_format == "raw":
+        if not isinstance(body, (str, bytes)):
+            raise ValueError(f"body_format raw needs a string body, got a {type(body).__name__}: "
+                             "use body_format: json to send it as JSON")
+        return body.encode("utf-8") if isinstance(body, str) else body
+    if isinstance(body, (str, bytes)):
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise ValueError(f"body is not valid JSON ({exc}); give a mapping or list, or body_format: raw") from exc
+        data = body.encode("utf-8") if isinstance(body, str) else body
+    else:
+        try:
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"body cannot be sent as JSON: {exc}") from exc
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    return data
+
+
 def prepare(params: Mapping) -> Check:
     """Validate the module's arguments; ValueError with a message naming the argument otherwise."""
     url = params["url"]
@@ -409,6 +450,9 @@ def prepare(params: Mapping) -> Check:
         raise ValueError(f"consecutive must be 1 or more, got {consecutive}")
     if excerpt_size < 0:
         raise ValueError(f"body_excerpt_size must be 0 or more, got {excerpt_size}")
+    parallel = number("parallel", 1)
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ValueError(f"parallel must be from 1 to {MAX_PARALLEL}, got {parallel}")
     if params.get("status_code") is not None and not params["status_code"]:
         raise ValueError("status_code must list at least one status code")
     expect = Expectations.from_params(params)
@@ -424,6 +468,7 @@ def prepare(params: Mapping) -> Check:
         if "\r" in value or "\n" in value:  # the value itself is never shown
             raise ValueError(f"headers: the value of {name} contains a line break")
         headers[name] = value
+    data = encode_body(method, params.get("body"), params.get("body_format"), headers)
 
     tls = TlsOptions(
         validate_certs=bool(params.get("validate_certs", True)),
@@ -450,9 +495,10 @@ def prepare(params: Mapping) -> Check:
         safe_url=safe_url(url),
         method=method,
         headers=headers,
+        data=data,
         expect=expect,
         settings=PollSettings(deadline=float(deadline), interval=float(interval), consecutive=int(consecutive),
-                              timeout=float(timeout), excerpt_size=int(excerpt_size)),
+                              timeout=float(timeout), excerpt_size=int(excerpt_size), parallel=int(parallel)),
         tls=tls,
         use_proxy=bool(params.get("use_proxy", True)),
         secrets=sensitive_values(headers, url),
@@ -468,13 +514,40 @@ def poll(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
-    """Fetch until `consecutive` healthy responses in a row or the deadline; return the result facts.
+    """Fetch until `consecutive` healthy attempts in a row or the deadline; return the result facts.
 
     The first attempt always happens; later attempts happen only while the deadline is not
     reached, and each request's timeout is cut so that it cannot run far past the deadline.
+    With `settings.parallel` > 1 an attempt is that many requests sent at once (each on its
+    own connection), healthy only when every one of them is.
     """
+    if settings.parallel > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=settings.parallel) as pool:
+            def send(timeout: float) -> list[Response]:
+                return list(pool.map(lambda _n: fetch(timeout), range(settings.parallel)))
+
+            return _poll(send, expect, settings, clock, sleep)
+    return _poll(lambda timeout: [fetch(timeout)], expect, settings, clock, sleep)
+
+
+def _judge(responses: list[Response], expect: Expectations) -> tuple[Response, list[str], int]:
+    """The response to report (the first unhealthy one, else the last), its problems, and how many failed."""
+    failed = [(response, problems) for response in responses if (problems := evaluate(response, expect))]
+    if not failed:
+        return responses[-1], [], 0
+    response, problems = failed[0]
+    if len(responses) > 1:
+        problems = [f"{len(failed)} of {len(responses)} parallel requests failed, the first: {problems[0]}",
+                    *problems[1:]]
+    return response, problems, len(failed)
+
+
+def _poll(send, expect, settings, clock, sleep) -> dict:
     start = clock()
     attempts = 0
+    requests = 0
     streak = 0
     successes = 0
     last: Response = Response(error="no attempt made")
@@ -484,9 +557,10 @@ def poll(
         elapsed = clock() - start
         remaining = settings.deadline - elapsed
         timeout = settings.timeout if attempts == 0 else max(0.5, min(settings.timeout, remaining))
-        last = fetch(timeout)
+        responses = send(timeout)
         attempts += 1
-        problems = evaluate(last, expect)
+        requests += len(responses)
+        last, problems, _failed = _judge(responses, expect)
         if problems:
             streak = 0
             last_error = problems[0]
@@ -506,6 +580,7 @@ def poll(
         "healthy": healthy,
         "status": last.status,
         "attempts": attempts,
+        "requests": requests,
         "successes": successes,
         "successes_in_a_row": streak,
         "elapsed": round(clock() - start, 3),
@@ -600,11 +675,13 @@ class UrlFetcher:
     """One HTTP request per call, via ansible.module_utils.urls (proxy and redirect handling as in uri)."""
 
     def __init__(self, url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
-                 tls: TlsOptions | None = None, use_proxy: bool = True, max_body: int = MAX_BODY):
+                 tls: TlsOptions | None = None, use_proxy: bool = True, max_body: int = MAX_BODY,
+                 data: bytes | None = None):
         from ansible.module_utils.urls import Request
 
         self.url = url
         self.method = method
+        self.data = data
         self.max_body = max_body
         tls = tls or TlsOptions()
         self.context = build_tls_context(tls, urlsplit(url).hostname)
@@ -632,7 +709,7 @@ class UrlFetcher:
         import urllib.error
 
         try:
-            with self.request.open(self.method, self.url, timeout=timeout) as resp:
+            with self.request.open(self.method, self.url, data=self.data, timeout=timeout) as resp:
                 return self._response(resp.status, resp)
         except urllib.error.HTTPError as exc:
             # 4xx/5xx still carry a status and usually a useful body

@@ -16,7 +16,12 @@ description:
   - The failure message names the expectation that did not hold and the value last observed, for example
     C(json field version was '1.0.0', expected '2.0.0'), or the last connection or TLS error, with the number
     of attempts and the time spent.
-  - Read-only, so it runs in check mode too and always reports C(changed=false).
+  - With O(parallel), each attempt is that many requests sent at once, healthy only when all of them are. It is a
+    way to give every worker process and thread of an application server its first requests (a warm-up)
+    before it takes traffic, and to prove it answers them all.
+  - With V(GET), V(HEAD) and V(OPTIONS) it only reads, so it runs in check mode too. It always reports
+    C(changed=false); whether a V(POST) with a O(body) changes anything is up to the application, and in
+    check mode a V(POST) is not sent.
   - Nothing secret is returned. Request header values are masked in the invocation, and the values of
     request headers other than C(Host), C(Accept), C(Content-Type), C(User-Agent), C(X-Forwarded-*) and
     the like are masked wherever they would appear in the result (if at least 4 characters long). The URL
@@ -26,9 +31,12 @@ author:
   - safedeploy.django maintainers (@safedeploy)
 attributes:
   check_mode:
-    support: full
-    description:
-      - Only reads, so in check mode it polls for real and reports the same result.
+    support: partial
+    description: Runs in check mode, with the limits given in the details.
+    details:
+      - V(GET), V(HEAD) and V(OPTIONS) only read, so in check mode they poll for real and report the same
+        result.
+      - A V(POST) is not sent in check mode, since it may change something; the task reports C(skipped).
   diff_mode:
     support: none
     description:
@@ -49,9 +57,25 @@ options:
     description:
       - HTTP method. Redirects are followed for V(GET) and V(HEAD) only.
       - V(HEAD) gets no body, so it cannot be combined with O(body_contains), O(body_regex) or O(json).
+      - V(POST) is for endpoints made to be probed (a warm-up or self-test URL). The module always reports
+        C(changed=false), and does not send a V(POST) in check mode.
     type: str
     default: GET
     choices: [GET, HEAD, POST, OPTIONS]
+  body:
+    description:
+      - Request body, with O(method=POST) only.
+      - A mapping or a list is sent as JSON. A string is sent as it is, unless O(body_format=json), which checks
+        it is a JSON document first.
+      - JSON is sent with the header C(Content-Type) set to C(application/json) unless O(headers) set a C(Content-Type).
+      - Values of secret-looking keys are masked in the invocation; use C(no_log) on the task anyway if the body
+        carries a secret.
+    type: raw
+  body_format:
+    description:
+      - How to send O(body). Defaults to V(json) for a mapping or list and V(raw) for a string.
+    type: str
+    choices: [json, raw]
   status_code:
     description:
       - Status codes that count as healthy, each from 100 to 599.
@@ -141,6 +165,14 @@ options:
       - Number of healthy responses in a row required, 1 or more. An unhealthy response resets the count.
     type: int
     default: 1
+  parallel:
+    description:
+      - Requests sent at once per attempt, each on its own connection, from 1 to 64. The attempt is healthy only
+        when every response meets the expectations; otherwise the first unhealthy response is the one returned.
+      - Set it to at least the server's concurrency (gunicorn workers x threads) to reach every worker.
+      - O(consecutive) counts attempts, so O(parallel=8) with O(consecutive=3) sends at least 24 requests.
+    type: int
+    default: 1
   body_excerpt_size:
     description:
       - Number of bytes of the last response body returned in RV(body_excerpt), 0 or more.
@@ -187,6 +219,19 @@ EXAMPLES = r"""
     client_key: /etc/safedeploy/health-client.key
     body_contains: ready
 
+- name: Warm up every gunicorn worker and thread with a self-test of the write path before it takes traffic
+  safedeploy.django.http_healthcheck:
+    url: "http://{{ ansible_host }}:8000/warmup"
+    method: POST
+    body:
+      customer: warmup@example.com
+      lines: {SKU-1: 1}
+    status_code: [200]
+    parallel: 8
+    consecutive: 3
+    interval: 0.2
+    deadline: 30
+
 - name: Report a host's health without failing the play
   safedeploy.django.http_healthcheck:
     url: "http://{{ ansible_host }}:8000/healthz"
@@ -216,7 +261,12 @@ status:
   type: int
   sample: 200
 attempts:
-  description: Number of requests made.
+  description: Number of attempts made (of O(parallel) requests each).
+  returned: always
+  type: int
+  sample: 4
+requests:
+  description: Number of requests sent, O(parallel) per attempt.
   returned: always
   type: int
   sample: 4
@@ -287,14 +337,26 @@ problems:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.safedeploy.django.plugins.module_utils._http import (
     BODY_EXCERPT,
+    BODY_FORMATS,
     METHODS,
     UrlFetcher,
     finish,
     poll,
     prepare,
+    redact_data,
+    redact_text,
     safe_url,
 )
 from ansible_collections.safedeploy.django.plugins.module_utils._secrets import MASK
+
+
+def _shown_body(body):
+    """The body as the invocation shows it: secret-looking values masked."""
+    if body is None:
+        return None
+    if isinstance(body, str):
+        return redact_text(body)
+    return redact_data(body)
 
 
 def main() -> None:
@@ -302,6 +364,8 @@ def main() -> None:
         argument_spec=dict(
             url=dict(type="str", required=True),
             method=dict(type="str", default="GET", choices=list(METHODS)),
+            body=dict(type="raw"),
+            body_format=dict(type="str", choices=list(BODY_FORMATS)),
             status_code=dict(type="list", elements="int", default=[200]),
             body_contains=dict(type="str"),
             body_regex=dict(type="str"),
@@ -317,6 +381,7 @@ def main() -> None:
             interval=dict(type="float", default=1),
             deadline=dict(type="float", default=60),
             consecutive=dict(type="int", default=1),
+            parallel=dict(type="int", default=1),
             body_excerpt_size=dict(type="int", default=BODY_EXCERPT),
         ),
         required_by={"client_key": "client_cert"},
@@ -325,18 +390,21 @@ def main() -> None:
     params = module.params
     shown_url = safe_url(params["url"])
     # Header values never leave the module, not even in the invocation shown with -v.
-    invocation = {"module_args": dict(params, url=shown_url,
+    invocation = {"module_args": dict(params, url=shown_url, body=_shown_body(params["body"]),
                                       headers={k: MASK for k in (params["headers"] or {})} or None)}
 
     try:
         check = prepare(params)
         fetch = UrlFetcher(check.url, method=check.method, headers=check.headers, tls=check.tls,
-                           use_proxy=check.use_proxy)
+                           use_proxy=check.use_proxy, data=check.data)
     except ValueError as exc:
         module.fail_json(msg=str(exc), url=shown_url, healthy=False, invocation=invocation)
     else:
         # Ansible masks these too, in anything it prints about this task.
         module.no_log_values.update(check.secrets)
+        if module.check_mode and check.method == "POST":
+            module.exit_json(changed=False, skipped=True, url=check.safe_url, healthy=None, attempts=0, requests=0,
+                             msg="check mode: a POST is not sent (it may change something)", invocation=invocation)
         result, msg = finish(poll(fetch, check.expect, check.settings), check)
         result.update(changed=False, invocation=invocation)
         if msg is not None:

@@ -88,6 +88,9 @@ class Script:
         self.methods = []
         self.clients = []  # client certificate common name per request (None without)
         self.server_names = []  # TLS server names (SNI) asked for
+        self.bodies = []  # request bodies of POSTs
+        self.in_flight = 0
+        self.most_in_flight = 0  # requests being answered at the same time, at most
         self.lock = threading.Lock()
 
     def answer(self, handler) -> tuple[int, list, bytes]:
@@ -97,6 +100,15 @@ class Script:
             peer = handler.connection.getpeercert() if isinstance(handler.connection, ssl.SSLSocket) else None
             self.clients.append(dict(x[0] for x in peer["subject"])["commonName"] if peer else None)
             n = len(self.requests)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return self._answer(handler, n)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, handler, n) -> tuple[int, list, bytes]:
         if self.delay:
             time.sleep(self.delay)
         if self.basic_auth:
@@ -137,7 +149,9 @@ def server():
                 self.answer()
 
             def do_POST(self):  # noqa: N802 - http.server API
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with script.lock:
+                    script.bodies.append(body)
                 self.answer()
 
             def do_OPTIONS(self):  # noqa: N802 - http.server API
@@ -354,6 +368,40 @@ def test_methods(tmp_path, server):
     assert [r["healthy"] for r in results] == [True] * 4, [r.get("msg") for r in results]
     assert script.methods == methods
     assert [r["body_excerpt"] == "" for r in results] == [False, True, False, False]
+
+
+def test_post_body_sent_as_json_and_not_sent_in_check_mode(tmp_path, server):
+    script = Script()
+    url = server(script)
+    body = {"customer": "warmup@example.com", "lines": {"SKU-1": 2}, "api_token": "tok-never-shown"}
+    result, proc = run_task(tmp_path, MODULE, {"url": url, "method": "POST", "body": body, "deadline": 0},
+                            verbosity=3)
+    assert result["healthy"] is True and result["changed"] is False
+    assert [json.loads(b) for b in script.bodies] == [body]
+    assert script.requests[0]["Content-Type"] == "application/json"
+    assert '"api_token": "********"' in proc.stdout  # the invocation shown at -vvv
+    assert "tok-never-shown" not in proc.stdout + proc.stderr
+    # a POST may change something: check mode does not send it, and says so
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "method": "POST", "body": "x=1", "deadline": 0},
+                             check=True)
+    assert result["skipped"] is True and "a POST is not sent" in result["msg"]
+    assert len(script.bodies) == 1
+
+
+def test_parallel_requests_reach_the_server_together(tmp_path, server):
+    script = Script(delay=0.4)
+    url = server(script)
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "parallel": 6, "consecutive": 2, "interval": 0.1,
+                                                "deadline": 30})
+    assert result["healthy"] is True and result["attempts"] == 2 and result["requests"] == 12
+    assert len(script.requests) == 12
+    assert script.most_in_flight == 6
+    # one bad answer among the parallel ones makes the attempt unhealthy
+    script = Script(sequence=[True, True, False], delay=0.2)
+    url = server(script)
+    result, _proc = run_task(tmp_path, MODULE, {"url": url, "parallel": 3, "deadline": 0})
+    assert result["healthy"] is False and result["status"] == 503
+    assert result["msg"].endswith("1 of 3 parallel requests failed, the first: status was 503, expected 200")
 
 
 # -- headers, secrets and what is returned -----------------------------------------------------

@@ -134,12 +134,16 @@ class FakeClock:
 
 def scripted(clock, responses):
     """A fetch returning the given responses in order (the last one repeats)."""
+    import threading
+
     calls = []
+    lock = threading.Lock()  # parallel attempts call it from several threads
 
     def fetch(timeout):
-        calls.append(timeout)
-        clock.now += clock.request_cost
-        return responses[min(len(calls) - 1, len(responses) - 1)]
+        with lock:
+            calls.append(timeout)
+            clock.now += clock.request_cost
+            return responses[min(len(calls) - 1, len(responses) - 1)]
 
     fetch.calls = calls
     return fetch
@@ -254,3 +258,37 @@ def test_status_codes_out_of_range_are_refused():
     with pytest.raises(ValueError, match="^status_code 99 is not"):
         Expectations.from_params({"status_code": [99]})
     assert Expectations.from_params({"status_code": [100, 599]}).status_codes == [100, 599]
+
+
+def test_parallel_attempt_is_healthy_only_when_every_request_is():
+    clock = FakeClock()
+    # attempt 1: one of four answers 503; attempts 2 and 3: all four answer
+    fetch = scripted(clock, [UP, DOWN, UP, UP] + [UP] * 8)
+    settings = PollSettings(deadline=60, interval=0.5, consecutive=2, parallel=4)
+    result = poll(fetch, expect(), settings, clock.clock, clock.sleep)
+    assert result["healthy"] is True
+    assert result["attempts"] == 3 and result["requests"] == 12 and len(fetch.calls) == 12
+    assert result["successes"] == 2 and result["successes_in_a_row"] == 2
+    assert result["last_error"] == "1 of 4 parallel requests failed, the first: status was 503, expected 200"
+
+
+def test_parallel_failure_reports_the_unhealthy_response():
+    clock = FakeClock()
+    fetch = scripted(clock, [UP, UP, DOWN])  # the third request of every attempt on fails
+    settings = PollSettings(deadline=1, interval=1, parallel=3)
+    result = poll(fetch, expect(), settings, clock.clock, clock.sleep)
+    assert result["healthy"] is False and result["status"] == 503 and result["json"] == {"status": "starting"}
+    assert result["problems"][0].startswith("1 of 3 parallel requests failed, the first: status was 503")
+
+
+def test_parallel_requests_run_at_the_same_time():
+    import threading
+
+    barrier = threading.Barrier(4, timeout=5)
+
+    def fetch(timeout):
+        barrier.wait()  # breaks (and fails the attempt) unless four requests are in flight together
+        return UP
+
+    result = poll(fetch, expect(), PollSettings(deadline=0, parallel=4))
+    assert result["healthy"] is True and result["requests"] == 4

@@ -69,6 +69,15 @@ def test_module_style_params_with_nulls():
         ({"client_cert": "/", "client_key": "/"}, "client_cert / is not a file"),
         ({"server_name": "shop.example:443"}, "server_name 'shop.example:443' is not a host name"),
         ({"server_name": " "}, "server_name '' is not a host name"),
+        ({"parallel": 0}, "parallel must be from 1 to 64, got 0"),
+        ({"parallel": 65}, "parallel must be from 1 to 64, got 65"),
+        ({"body": {"a": 1}}, "body is sent with method POST only, not GET: set method: POST or drop body"),
+        ({"method": "HEAD", "body": "x"}, "body is sent with method POST only, not HEAD"),
+        ({"method": "POST", "body_format": "json"}, "body_format needs a body"),
+        ({"method": "POST", "body": "{not json", "body_format": "json"}, "body is not valid JSON ("),
+        ({"method": "POST", "body": {"a": 1}, "body_format": "raw"},
+         "body_format raw needs a string body, got a dict: use body_format: json to send it as JSON"),
+        ({"method": "POST", "body": {"when": object()}}, "body cannot be sent as JSON: "),
     ],
 )
 def test_bad_arguments(args, message):
@@ -148,3 +157,22 @@ def test_finish_healthy_has_no_message():
     check = prepare(params())
     result, msg = finish(poll_result(healthy=True, problems=[], successes=1, successes_in_a_row=1), check)
     assert msg is None and result["healthy"] is True and result["url"] == "http://app1:8000/healthz"
+
+
+def test_a_mapping_body_is_sent_as_json_with_its_content_type():
+    check = prepare(params(method="POST", body={"customer": "w@example.com", "lines": {"SKU-1": 1}}))
+    assert check.data == b'{"customer":"w@example.com","lines":{"SKU-1":1}}'
+    assert check.headers == {"Content-Type": "application/json"}
+
+
+def test_a_string_body_is_sent_as_it_is_and_a_given_content_type_wins():
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    check = prepare(params(method="post", body="a=1&b=2", headers=dict(form)))
+    assert check.data == b"a=1&b=2" and check.headers == form
+    assert prepare(params(method="POST", body='{"a": 1}', body_format="json")).headers["Content-Type"] == \
+        "application/json"
+
+
+def test_no_body_no_data_and_parallel_reaches_the_settings():
+    check = prepare(params(method="POST", parallel=8, body=None, body_format=None))
+    assert check.data is None and check.headers == {} and check.settings.parallel == 8
