@@ -219,7 +219,10 @@ def test_galaxy_and_introspection_steps_install_the_collection_and_its_requireme
     install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--offline",
                               "-r", "requirements.yml", "--collections-path", str(collections)],
                              cwd=build, capture_output=True, text=True, check=False,
-                             env=dict(ee_build.env, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY="1"))
+                             # as in the image: no other collections path, so a copy installed in
+                             # ~/.ansible/collections (ansible-lint puts one there) is not "already installed"
+                             env=dict(ee_build.env, ANSIBLE_GALAXY_DISABLE_GPG_VERIFY="1",
+                                      ANSIBLE_COLLECTIONS_PATH=str(collections)))
     assert install.returncode == 0, install.stdout + install.stderr
     manifest = json.loads((collections / "ansible_collections/safedeploy/django/MANIFEST.json").read_text())
     assert manifest["collection_info"]["version"] == ee_build.version
