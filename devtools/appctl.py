@@ -177,9 +177,11 @@ class Instance:
         return env
 
     def _log_tail(self, offset: int, lines: int = 25) -> str:
-        """What gunicorn logged since ``offset``: the exception lines first (a worker's
-        import error sits above the master's own traceback), then the last lines."""
-        chunks = []
+        """What gunicorn logged since ``offset``: the last lines, then the exception lines
+        (a worker's import error sits above the master's own traceback). The exceptions come
+        last because a caller that keeps only the end of a message (the role keeps 800
+        characters of stderr) must still see them."""
+        chunks, found = [], []
         for path, start in ((self.error_log, offset), (self.stdio_log, 0)):
             try:
                 with open(path, "rb") as handle:
@@ -189,11 +191,11 @@ class Instance:
                 continue
             errors = list(dict.fromkeys(line for line in text.splitlines() if EXCEPTION_LINE.match(line)))
             if errors:
-                chunks.append(f"--- errors in {path} ---\n" + "\n".join(errors[:10]))
+                found.append(f"--- errors in {path} ---\n" + "\n".join(errors[:10]))
             tail = "\n".join(text.splitlines()[-lines:])
             if tail.strip():
                 chunks.append(f"--- {path} (last lines) ---\n{tail}")
-        return "\n".join(chunks) or "(gunicorn wrote no log)"
+        return "\n".join(chunks + found) or "(gunicorn wrote no log)"
 
     # -- stop ----------------------------------------------------------------
     def stop(self) -> str:
