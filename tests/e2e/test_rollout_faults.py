@@ -7,6 +7,8 @@
   host runs which release and gives the rollback command.
 - gunicorn cannot start on host 2 of 3: the same, and the rollback command from the message brings
   the fleet back.
+- The order path broken on host 2 of 3 (its warm-up POST fails, health is fine): the same, the host
+  never takes a client request; and the warm-ups of the healthy hosts left no row behind.
 
 The module's sandbox takes its ports from 17100-17999, away from the other e2e modules' sandboxes.
 """
@@ -23,7 +25,7 @@ import pytest
 from devtools.loadgen import LoadGenerator
 from devtools.playbook import PlaybookRun, deploy_release, run_playbook
 from devtools.sandbox import HOSTS, Sandbox, _read_env
-from tests.e2e.test_deploy_sandbox import applied_migrations, current_links, derived_artifact, explain
+from tests.e2e.test_deploy_sandbox import applied_migrations, connect, current_links, derived_artifact, explain
 from tests.e2e.test_rollback import port_in_range
 
 pytestmark = pytest.mark.slow
@@ -32,6 +34,11 @@ BROKEN_HEALTH = '''
 
 def healthz(request):  # noqa: F811 - release broken on this host on purpose by the safedeploy e2e test
     return JsonResponse({"status": "broken on purpose"}, status=503)
+'''
+BROKEN_WARMUP = '''
+
+def warmup(request):  # noqa: F811 - order path broken on this host on purpose by the safedeploy e2e test
+    return JsonResponse({"error": "order path broken on purpose"}, status=500)
 '''
 BROKEN_BOOT = "\nraise RuntimeError('gunicorn cannot boot this host: broken on purpose by the safedeploy e2e test')\n"
 
@@ -213,3 +220,37 @@ def test_gunicorn_that_cannot_start_on_host_2_stops_the_rollout_and_the_rollback
     assert served_after_rollback == on("2.0.0")
     assert sandbox.drained_hosts() == []
     assert summary["failed"] == 0, summary["failures_sample"]
+
+
+def test_a_warm_up_that_fails_on_host_2_keeps_it_out_of_the_load_balancer(sandbox, db_env):
+    artifact = derived_artifact(sandbox, "2.0.2", {})
+    stage_only(sandbox, "2.0.2", artifact)
+    break_on_app2(sandbox, "2.0.2", "shop/warmup.py", BROKEN_WARMUP)
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        run = deploy_release(sandbox, "2.0.2", release_artifact=str(artifact), release_health_deadline=5)
+        served = sandbox.served_versions()
+        drained = sandbox.drained_hosts()
+    finally:
+        summary = load.stop()
+    assert run.rc != 0
+    result = failure(run)
+    assert result["host"] == "app2", explain(run)
+    msg = result["result"]["msg"]
+    assert "Warm up the restarted host" in msg and "/warmup" in msg and "status was 500" in msg, msg
+    assert "app1=2.0.2, app2=2.0.2, app3=2.0.0" in msg
+    warmed = run.task("Warm up the restarted host before it takes traffic", status="ok")
+    assert [r["host"] for r in warmed] == ["app1"], explain(run)
+    # app2 answers its health check on 2.0.2, but never got a client: it stayed out of nginx
+    assert served == {"app1": "2.0.2", "app2": "2.0.2", "app3": "2.0.0"}
+    assert drained == ["app2"]
+    assert summary["failed"] == 0, summary["failures_sample"]
+    app2 = dict(HOSTS)["app2"]
+    served_by_app2 = [line for line in (sandbox.nginx_dir / "logs" / "access.log").read_text().splitlines()
+                      if f"upstream={app2}:" in line and "release=2.0.2" in line]
+    assert served_by_app2 == []
+    # every deploy of this module warmed its hosts up with orders of warmup@example.com: all rolled back
+    with connect(db_env) as conn:
+        kept = conn.execute("SELECT count(*) FROM shop_customer WHERE email = 'warmup@example.com'").fetchone()[0]
+    assert kept == 0
