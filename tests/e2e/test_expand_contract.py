@@ -20,6 +20,7 @@ end the names of the customers that existed before the rename are, byte for byte
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 import pytest
@@ -262,3 +263,13 @@ def test_the_names_are_intact_and_every_request_succeeded(sandbox, db_env, befor
     assert scalar(db_env, "SELECT count(*) FROM shop_customer WHERE id > %s AND full_name <> '' "
                   "AND full_name <> split_part(email, '@', 1)", before["max_id"]) == 0
     assert column(db_env, "full_name") == "NO" and column(db_env, "name") is None
+
+
+def test_the_releases_share_one_venv_and_pruning_keeps_only_linked_ones(sandbox):
+    """Every release has the same requirements.txt: one venv per host, built once (release_venv_reuse)."""
+    for name, _address in HOSTS:
+        root = sandbox.hosts_dir / name
+        links = {venv.parent.name: os.readlink(venv) for venv in (root / "releases").glob("*/venv")}
+        assert len(links) == 5, links  # release_keep_releases: 7 releases deployed, 2 pruned
+        assert len(set(links.values())) == 1, links
+        assert sorted(str(venv) for venv in (root / "shared" / "venvs").iterdir()) == sorted(set(links.values()))

@@ -7,6 +7,8 @@
   host runs which release and gives the rollback command.
 - gunicorn cannot start on host 2 of 3: the same, and the rollback command from the message brings
   the fleet back.
+- A requirement that cannot be installed: staging fails on every host, the half-built venv and
+  release are removed, nothing else changed.
 - The order path broken on host 2 of 3 (its warm-up POST fails, health is fine): the same, the host
   never takes a client request; and the warm-ups of the healthy hosts left no row behind.
 
@@ -254,3 +256,21 @@ def test_a_warm_up_that_fails_on_host_2_keeps_it_out_of_the_load_balancer(sandbo
     with connect(db_env) as conn:
         kept = conn.execute("SELECT count(*) FROM shop_customer WHERE email = 'warmup@example.com'").fetchone()[0]
     assert kept == 0
+
+
+def test_a_requirement_that_cannot_be_installed_fails_staging_and_leaves_nothing_half_built(sandbox, db_env):
+    before = fleet_state(sandbox, db_env)
+    venvs = {name: sorted(p.name for p in (sandbox.hosts_dir / name / "shared" / "venvs").iterdir())
+             for name, _address in HOSTS}
+    artifact = derived_artifact(sandbox, "2.0.3", {"requirements.txt": lambda data: data + b"no-such-package==1.0\n"})
+    run = deploy_release(sandbox, "2.0.3", release_artifact=str(artifact))
+    assert run.rc != 0
+    failed = run.task("Report the staging failure", status="failed")
+    assert {r["host"] for r in failed} == {"app1", "app2", "app3"}, explain(run)
+    msg = failed[0]["result"]["msg"]
+    assert "Build the release's virtualenv" in msg and "no-such-package" in msg, msg
+    assert "The half-made release was removed" in msg
+    assert fleet_state(sandbox, db_env) == before
+    # the new requirements got a venv of their own, removed with the failed build
+    assert {name: sorted(p.name for p in (sandbox.hosts_dir / name / "shared" / "venvs").iterdir())
+            for name, _address in HOSTS} == venvs
