@@ -76,6 +76,11 @@ def fleet_state(sandbox: Sandbox, db_env: dict) -> dict:
     }
 
 
+def shared_venvs(sandbox: Sandbox) -> dict[str, list[str]]:
+    return {name: sorted(p.name for p in (sandbox.hosts_dir / name / "shared" / "venvs").iterdir())
+            for name, _address in HOSTS}
+
+
 def stage_only(sandbox: Sandbox, version: str, artifact: Path) -> None:
     run = run_playbook(sandbox.inventory_dir / "hosts.ini", "deploy",
                        {"release_version": version, "release_artifact": str(artifact),
@@ -90,6 +95,20 @@ def break_on_app2(sandbox: Sandbox, version: str, relative: str, text: str) -> t
     original = path.read_text()
     path.write_text(original + text)
     return path, original
+
+
+def deploy_under_load(sandbox: Sandbox, version: str, **extra) -> tuple[PlaybookRun, dict, list[str], dict]:
+    """Deploy while 25 req/s go through nginx: the run, the versions served and the drained hosts right
+    after it, and the load's summary."""
+    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
+    load.start()
+    try:
+        run = deploy_release(sandbox, version, **extra)
+        served = sandbox.served_versions()
+        drained = sandbox.drained_hosts()
+    finally:
+        summary = load.stop()
+    return run, served, drained, summary
 
 
 def failure(run: PlaybookRun) -> dict:
@@ -148,14 +167,7 @@ def test_a_missing_service_manager_stops_in_preflight(sandbox, db_env):
 def test_release_2_unhealthy_on_host_2_stops_the_rollout_there(sandbox, db_env):
     stage_only(sandbox, "2.0.0", sandbox.artifacts / "shop-2.0.0.tar.gz")
     broken, original = break_on_app2(sandbox, "2.0.0", "shop/health.py", BROKEN_HEALTH)
-    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
-    load.start()
-    try:
-        run = deploy_release(sandbox, "2.0.0", release_health_deadline=10)
-        served = sandbox.served_versions()
-        drained = sandbox.drained_hosts()
-    finally:
-        summary = load.stop()
+    run, served, drained, summary = deploy_under_load(sandbox, "2.0.0", release_health_deadline=10)
     assert run.rc != 0
     result = failure(run)
     assert result["host"] == "app2"
@@ -228,14 +240,8 @@ def test_a_warm_up_that_fails_on_host_2_keeps_it_out_of_the_load_balancer(sandbo
     artifact = derived_artifact(sandbox, "2.0.2", {})
     stage_only(sandbox, "2.0.2", artifact)
     break_on_app2(sandbox, "2.0.2", "shop/warmup.py", BROKEN_WARMUP)
-    load = LoadGenerator(f"http://127.0.0.1:{sandbox.lb_port}", rate=25, duration=600)
-    load.start()
-    try:
-        run = deploy_release(sandbox, "2.0.2", release_artifact=str(artifact), release_health_deadline=5)
-        served = sandbox.served_versions()
-        drained = sandbox.drained_hosts()
-    finally:
-        summary = load.stop()
+    run, served, drained, summary = deploy_under_load(sandbox, "2.0.2", release_artifact=str(artifact),
+                                                      release_health_deadline=5)
     assert run.rc != 0
     result = failure(run)
     assert result["host"] == "app2", explain(run)
@@ -260,8 +266,7 @@ def test_a_warm_up_that_fails_on_host_2_keeps_it_out_of_the_load_balancer(sandbo
 
 def test_a_requirement_that_cannot_be_installed_fails_staging_and_leaves_nothing_half_built(sandbox, db_env):
     before = fleet_state(sandbox, db_env)
-    venvs = {name: sorted(p.name for p in (sandbox.hosts_dir / name / "shared" / "venvs").iterdir())
-             for name, _address in HOSTS}
+    venvs = shared_venvs(sandbox)
     artifact = derived_artifact(sandbox, "2.0.3", {"requirements.txt": lambda data: data + b"no-such-package==1.0\n"})
     run = deploy_release(sandbox, "2.0.3", release_artifact=str(artifact))
     assert run.rc != 0
@@ -272,5 +277,4 @@ def test_a_requirement_that_cannot_be_installed_fails_staging_and_leaves_nothing
     assert "The half-made release was removed" in msg
     assert fleet_state(sandbox, db_env) == before
     # the new requirements got a venv of their own, removed with the failed build
-    assert {name: sorted(p.name for p in (sandbox.hosts_dir / name / "shared" / "venvs").iterdir())
-            for name, _address in HOSTS} == venvs
+    assert shared_venvs(sandbox) == venvs
